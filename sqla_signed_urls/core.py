@@ -1,0 +1,768 @@
+"""``SignedURLs``: the one place where the read, sign and invalidate flow lives."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from . import signals
+from ._keys import pk_part
+from .cache.base import Entry, SharedStore, decode_entry, encode_entry, fingerprint
+from .cache.local import LocalCache
+from .cache.redis import RedisStore, client_from_url
+from .config import Settings
+from .exceptions import ConfigurationError, SigningError
+from .signers.base import Signer
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import registry
+
+    from .orm import Installation
+
+__all__ = ["SignedURLs", "Stats"]
+
+log = logging.getLogger("sqla_signed_urls")
+_DEBUG = logging.DEBUG
+_time = time.time
+_MISSING: Any = object()
+#: A queued cache write: key, encoded value, TTL, end of cache lifetime, id for the log line.
+_Write = tuple[str, bytes, int, int, str]
+
+#: Counters kept per process and added up fleet-wide in Redis (``<prefix>#stats``).
+COUNTERS = ("hits", "misses", "signed", "errors", "sign_errors", "invalidations", "breaker_opened")
+
+
+class Stats:
+    """This process's counters. Increments are plain attribute adds on the hot path.
+
+    >>> urls.stats.hits, urls.stats.misses
+    (41, 3)
+    """
+
+    __slots__ = (*COUNTERS, "_flushed")
+
+    def __init__(self) -> None:
+        self.hits = self.misses = self.signed = self.errors = 0
+        self.sign_errors = self.invalidations = self.breaker_opened = 0
+        self._flushed = dict.fromkeys(COUNTERS, 0)
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in COUNTERS}
+
+    def take_deltas(self) -> dict[str, int]:
+        """Counts since the last call (what to add to the fleet-wide totals)."""
+        now = self.as_dict()
+        deltas = {k: v - self._flushed[k] for k, v in now.items() if v != self._flushed[k]}
+        self._flushed = now
+        return deltas
+
+    def restore_deltas(self, deltas: Mapping[str, int]) -> None:
+        """Give back deltas that could not be written, so they are sent next time."""
+        for name, delta in deltas.items():
+            self._flushed[name] -= delta
+
+
+class URLSpec:
+    """One ``ObjectKey`` column of one mapped class, as the hot path needs it."""
+
+    __slots__ = ("attr", "cls", "column", "column_names", "owner", "pk_attrs", "prefix")
+
+    def __init__(
+        self,
+        cls: type,
+        attr: str,
+        column: str,
+        column_names: frozenset[str],
+        pk_attrs: tuple[str, ...],
+        prefix: str,
+        owner: type,
+    ) -> None:
+        self.cls = cls
+        self.attr = attr
+        self.column = column
+        self.column_names = column_names
+        self.pk_attrs = pk_attrs
+        self.prefix = prefix
+        self.owner = owner
+
+    def key_for(self, obj: Any) -> str | None:
+        """The cache key of ``obj``, or ``None`` while it has no primary key."""
+        d = obj.__dict__
+        if len(self.pk_attrs) == 1:
+            pk = d.get(self.pk_attrs[0], _MISSING)
+            if pk is _MISSING:
+                pk = getattr(obj, self.pk_attrs[0])
+            if pk is None:
+                return None
+            if type(pk) is int:
+                return self.prefix + str(pk)
+            return self.prefix + pk_part((pk,))
+        values = [getattr(obj, name) for name in self.pk_attrs]
+        if any(v is None for v in values):
+            return None
+        return self.prefix + pk_part(values)
+
+    def key_for_pk(self, pk: Sequence[Any]) -> str:
+        return self.prefix + pk_part(pk)
+
+
+class _Flight:
+    """A signing in progress for one key; concurrent misses wait for it (single-flight)."""
+
+    __slots__ = ("done", "object_key", "url")
+
+    def __init__(self, object_key: str) -> None:
+        self.object_key = object_key
+        self.url: str | None = None
+        self.done = threading.Event()
+
+
+_instances: weakref.WeakSet[SignedURLs] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for urls in list(_instances):
+        urls._forked()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+
+
+class SignedURLs:
+    """Cached signed URLs for mapped models: Redis shared cache, in-process layer in front.
+
+    ::
+
+        urls = SignedURLs(signer=OSSSigner(bucket), redis="redis://localhost:6379/1")
+        urls.install(Base)            # every ObjectKey column gets its URL attribute
+        file.url                      # signed once, then served from the cache
+        urls.resolve(files)           # a whole page in one Redis round trip
+
+    ``redis`` is a URL, a ready redis-py client, or ``None`` for ``REDIS_URL`` (and, without
+    it, an in-process Redis that caches for this process only). Nothing connects until the
+    first URL is read, so an app starts even while Redis is down; when Redis fails, URLs are
+    signed directly and a circuit breaker skips Redis for ``retry_after`` seconds.
+    """
+
+    def __init__(
+        self,
+        signer: Signer,
+        *,
+        redis: Any = None,
+        cache_ttl: int = 2700,
+        url_ttl: int = 14400,
+        key_prefix: str = "file_url:",
+        local_cache_size: int = 10_000,
+        url_window: int | None = None,
+        ttl_jitter: float = 0.1,
+        socket_timeout: float = 0.25,
+        retry_after: float = 5.0,
+    ) -> None:
+        if not isinstance(signer, Signer):
+            raise ConfigurationError(
+                f"SignedURLs(signer=...): expected a Signer (OSSSigner, LocalSigner, ...), "
+                f"got {type(signer).__name__}"
+            )
+        self.settings = Settings(
+            cache_ttl=cache_ttl,
+            url_ttl=url_ttl,
+            key_prefix=key_prefix,
+            local_cache_size=local_cache_size,
+            url_window=url_window,
+            ttl_jitter=ttl_jitter,
+            socket_timeout=socket_timeout,
+            retry_after=retry_after,
+        )
+        if signer.max_url_ttl is not None and url_ttl > signer.max_url_ttl:
+            raise ConfigurationError(
+                f"url_ttl={url_ttl}: {signer!r} signs URLs valid for at most "
+                f"{signer.max_url_ttl} seconds; lower url_ttl (FILE_URL_EXPIRES)"
+            )
+        self.signer = signer
+        self.stats = Stats()
+        self.redis = self._make_client(redis)
+        self.store: SharedStore = RedisStore(self.redis, key_prefix)
+        s = self.settings
+        self._window = s.window
+        self._min_validity = s.min_validity
+        self._jitter = int(s.cache_ttl * s.ttl_jitter)
+        self._local = LocalCache(s.local_cache_size) if s.local_cache_size else None
+        # L1 is read only while this process is subscribed to invalidations.
+        self._local_live = False
+        self._flights: dict[str, _Flight] = {}
+        self._flights_lock = threading.Lock()
+        self._down_until = 0.0
+        self._outage = False
+        self._unsent_invalidations: set[str] = set()
+        self._background: _Background | None = None
+        self._background_lock = threading.Lock()
+        self._installation: Installation | None = None
+        _instances.add(self)
+
+    @classmethod
+    def from_env(cls, signer: Signer | None = None, **overrides: Any) -> SignedURLs:
+        """Build from the seed's environment: ``REDIS_URL``, ``FILE_URL_CACHE_TIMEOUT``,
+        ``FILE_URL_CACHE_KEY_PREFIX``, ``FILE_URL_EXPIRES`` (and ``OSS_*`` without a signer)."""
+        settings, redis_url = Settings.from_env(**overrides)
+        return cls.from_settings(settings, signer=signer, redis=redis_url)
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, signer: Signer | None = None, redis: Any = None
+    ) -> SignedURLs:
+        if signer is None:
+            from .signers.oss import OSSSigner
+
+            signer = OSSSigner.from_env()
+        import dataclasses
+
+        return cls(signer, redis=redis, **dataclasses.asdict(settings))
+
+    def __repr__(self) -> str:
+        return (
+            f"SignedURLs(signer={self.signer!r}, key_prefix={self.settings.key_prefix!r}, "
+            f"cache_ttl={self.settings.cache_ttl}, url_ttl={self.settings.url_ttl})"
+        )
+
+    def _make_client(self, redis: Any) -> Any:
+        if redis is None:
+            redis = os.environ.get("REDIS_URL") or None
+            setting = "REDIS_URL"
+        else:
+            setting = "SignedURLs(redis=...)"
+        if redis is None:
+            import fakeredis
+
+            log.warning(
+                "No REDIS_URL set: using an in-process Redis, so the URL cache is local to "
+                "this process; set REDIS_URL to share it"
+            )
+            return fakeredis.FakeRedis(server=fakeredis.FakeServer())
+        if isinstance(redis, str):
+            return client_from_url(
+                redis, socket_timeout=self.settings.socket_timeout, setting=setting
+            )
+        if not all(hasattr(redis, name) for name in ("get", "mget", "pipeline", "publish")):
+            raise ConfigurationError(
+                f"{setting}: expected a redis:// URL, a redis-py client or None, "
+                f"got {type(redis).__name__}"
+            )
+        return redis
+
+    # -- installing -------------------------------------------------------------------------
+
+    def install(self, target: type[Any] | registry) -> None:
+        """Give every ``ObjectKey`` column of ``target`` its URL attribute and watch commits.
+
+        ``target`` is a declarative base, a ``registry`` or one mapped class; classes mapped
+        later are covered too. Installing one target twice raises ``ConfigurationError``.
+        """
+        from .orm import Installation
+
+        if self._installation is None:
+            self._installation = Installation(self)
+        self._installation.add(target)
+
+    def uninstall(self, target: type[Any] | registry | None = None) -> None:
+        """Undo :meth:`install` for ``target`` (every target when ``None``)."""
+        if self._installation is not None:
+            self._installation.remove(target)
+
+    def _spec(self, cls: type, attr: str) -> URLSpec:
+        spec = None
+        if self._installation is not None:
+            spec = self._installation.specs.get(cls, {}).get(attr)
+        if spec is None:
+            raise ConfigurationError(
+                f"{cls.__name__}.{attr} is not a signed-URL attribute: give the class an "
+                "ObjectKey column and cover it with SignedURLs.install()"
+            )
+        return spec
+
+    def cache_key(self, obj: Any, attr: str = "url") -> str | None:
+        """The Redis key ``obj``'s URL is cached under (``None`` without a primary key)."""
+        return self._spec(type(obj), attr).key_for(obj)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def url_for(self, obj: Any, attr: str = "url") -> str | None:
+        """What ``obj.<attr>`` returns: a signed URL, or ``None`` for an empty object key."""
+        return self._url(obj, self._spec(type(obj), attr))
+
+    def _url(self, obj: Any, spec: URLSpec) -> str | None:
+        try:
+            object_key = obj.__dict__[spec.column]
+        except KeyError:
+            object_key = getattr(obj, spec.column)
+        if not object_key:
+            return None
+        key = spec.key_for(obj)
+        if key is None:  # not flushed yet: nothing to cache it under
+            return self._sign_uncached(spec, obj, object_key)
+        local = self._local
+        if local is not None and self._local_live:
+            entry = local.get(key)
+            if entry is not None and entry[0] == object_key and entry[2] > _time():
+                self.stats.hits += 1
+                if signals.cache_hit.receivers:
+                    signals.cache_hit.send(spec.cls, keys=[key])
+                if log.isEnabledFor(_DEBUG):
+                    log.debug("Using cached URL for file %s", _ident(key, spec))
+                return entry[1]
+        return self._lookup(spec, key, object_key)
+
+    def _lookup(self, spec: URLSpec, key: str, object_key: str) -> str | None:
+        fp = fingerprint(self.signer.name, object_key)
+        store = self._store_if_up()
+        if store is not None:
+            try:
+                raw = store.get_many([key])[0]
+            except Exception as exc:
+                self._cache_failed(exc)
+                store = None
+            else:
+                self._cache_ok()
+                entry = self._usable(decode_entry(raw), fp, _time())
+                if entry is not None:
+                    self._remember(key, object_key, entry)
+                    self._count_hits(spec, [key])
+                    return entry.url
+        self._count_misses(spec, [key])
+        with self._flights_lock:
+            flight = self._flights.get(key)
+            leader = flight is None or flight.object_key != object_key
+            if leader:
+                flight = self._flights[key] = _Flight(object_key)
+        assert flight is not None
+        if not leader:
+            flight.done.wait(self.settings.socket_timeout * 4 + 1.0)
+            if flight.url is not None:
+                return flight.url
+        try:
+            flight.url = self._sign_and_store(spec, [(key, object_key, fp)], store)[key]
+        finally:
+            flight.done.set()
+            with self._flights_lock:
+                if self._flights.get(key) is flight:
+                    del self._flights[key]
+        return flight.url
+
+    def resolve(self, objects: Iterable[Any], attr: str = "url") -> list[str | None]:
+        """URLs for many objects in input order: in-process layer first, then ONE ``MGET``
+        for the rest, then at most one pipelined write for what had to be signed.
+
+        Objects of different mapped classes may be mixed::
+
+            for post, url in zip(posts, urls.resolve(posts)): ...
+        """
+        objects = list(objects)
+        results: list[str | None] = [None] * len(objects)
+        wanted: dict[str, tuple[URLSpec, str, list[int]]] = {}
+        now = _time()
+        local = self._local if self._local_live else None
+        hits: dict[type, list[str]] = {}
+        for i, obj in enumerate(objects):
+            spec = self._spec(type(obj), attr)
+            object_key = obj.__dict__.get(spec.column, _MISSING)
+            if object_key is _MISSING:
+                object_key = getattr(obj, spec.column)
+            if not object_key:
+                continue
+            key = spec.key_for(obj)
+            if key is None:
+                results[i] = self._sign_uncached(spec, obj, object_key)
+                continue
+            if local is not None:
+                held = local.get(key)
+                if held is not None and held[0] == object_key and held[2] > now:
+                    results[i] = held[1]
+                    hits.setdefault(spec.cls, []).append(key)
+                    continue
+            seen = wanted.get(key)
+            if seen is not None and seen[1] == object_key:
+                seen[2].append(i)
+            else:
+                wanted[key] = (spec, object_key, [i])
+        for cls, keys in hits.items():
+            self._count_hits(self._spec(cls, attr), keys)
+        if not wanted:
+            return results
+        keys = list(wanted)
+        fps = {key: fingerprint(self.signer.name, wanted[key][1]) for key in keys}
+        store = self._store_if_up()
+        raws: Sequence[bytes | str | None] = [None] * len(keys)
+        if store is not None:
+            try:
+                raws = store.get_many(keys)
+            except Exception as exc:
+                self._cache_failed(exc)
+                store = None
+            else:
+                self._cache_ok()
+        now = _time()
+        to_sign: dict[type, list[tuple[str, str, str]]] = {}
+        hits.clear()
+        for key, raw in zip(keys, raws, strict=True):
+            spec, object_key, indexes = wanted[key]
+            entry = self._usable(decode_entry(raw), fps[key], now)
+            if entry is None:
+                to_sign.setdefault(spec.cls, []).append((key, object_key, fps[key]))
+                continue
+            self._remember(key, object_key, entry)
+            hits.setdefault(spec.cls, []).append(key)
+            for i in indexes:
+                results[i] = entry.url
+        for cls, hit_keys in hits.items():
+            self._count_hits(self._spec(cls, attr), hit_keys)
+        signed: dict[str, str | None] = {}
+        writes: list[_Write] = []
+        for cls, items in to_sign.items():
+            spec = self._spec(cls, attr)
+            self._count_misses(spec, [key for key, _, _ in items])
+            signed.update(self._sign(spec, items, writes))
+        self._write(store, writes)
+        for key, url in signed.items():
+            for i in wanted[key][2]:
+                results[i] = url
+        return results
+
+    def _usable(self, entry: Entry | None, fp: str, now: float) -> Entry | None:
+        if entry is None or entry.fingerprint != fp:
+            return None
+        if entry.cache_until <= now or entry.expires_at - now < self._min_validity:
+            return None
+        return entry
+
+    def _remember(self, key: str, object_key: str, entry: Entry) -> None:
+        if self._local is not None and self._local_live:
+            self._local.set(key, (object_key, entry.url, entry.cache_until))
+
+    # -- signing ----------------------------------------------------------------------------
+
+    def expires_at(self, now: float | None = None) -> int:
+        """The expiry a URL signed now gets: ``now + url_ttl`` rounded down to the window."""
+        now_i = int(_time() if now is None else now)
+        return (now_i + self.settings.url_ttl) // self._window * self._window
+
+    def _sign_uncached(self, spec: URLSpec, obj: Any, object_key: str) -> str | None:
+        try:
+            return self.signer.sign(object_key, expires_at=self.expires_at())
+        except Exception as exc:
+            self._sign_failed(spec, None, obj, exc)
+            return None
+
+    def _sign_and_store(
+        self, spec: URLSpec, items: list[tuple[str, str, str]], store: SharedStore | None
+    ) -> dict[str, str | None]:
+        writes: list[_Write] = []
+        signed = self._sign(spec, items, writes)
+        self._write(store, writes)
+        return signed
+
+    def _sign(
+        self,
+        spec: URLSpec,
+        items: list[tuple[str, str, str]],
+        writes: list[_Write],
+    ) -> dict[str, str | None]:
+        """Sign ``(key, object_key, fingerprint)`` items; queue their cache writes."""
+        now_i = int(_time())
+        expires_at = self.expires_at(now_i)
+        base_ttl = expires_at - self._min_validity - now_i
+        out: dict[str, str | None] = {}
+        done: list[str] = []
+        info = log.isEnabledFor(logging.INFO)
+        for key, object_key, fp in items:
+            if info:
+                log.info("Generating new signed URL for file %s (cache miss)", _ident(key, spec))
+            try:
+                url = self.signer.sign(object_key, expires_at=expires_at)
+            except Exception as exc:
+                self._sign_failed(spec, key, None, exc)
+                out[key] = None
+                continue
+            out[key] = url
+            done.append(key)
+            ttl = base_ttl - (random.randint(0, self._jitter) if self._jitter else 0)
+            if ttl < 1:
+                continue
+            entry = Entry(url, expires_at, now_i + ttl, fp)
+            writes.append((key, encode_entry(entry), ttl, entry.cache_until, _ident(key, spec)))
+            self._remember(key, object_key, entry)
+        if done:
+            self.stats.signed += len(done)
+            if signals.url_signed.receivers:
+                signals.url_signed.send(spec.cls, keys=done)
+        return out
+
+    def _write(self, store: SharedStore | None, writes: list[_Write]) -> None:
+        if store is None or not writes:
+            return
+        try:
+            store.set_many([(key, value, ttl, until) for key, value, ttl, until, _ in writes])
+        except Exception as exc:
+            self._cache_failed(exc)
+            return
+        if log.isEnabledFor(logging.INFO):
+            for _, _, ttl, _, ident in writes:
+                log.info("Cached URL for file %s for %d seconds", ident, ttl)
+
+    def _sign_failed(self, spec: URLSpec, key: str | None, obj: Any, exc: Exception) -> None:
+        error = exc if isinstance(exc, SigningError) else SigningError(f"{type(exc).__name__}")
+        if error is not exc:
+            error.__cause__ = exc
+        self.stats.sign_errors += 1
+        ident = _ident(key, spec) if key is not None else "(not flushed)"
+        log.error("Failed to generate signed URL for file %s: %s", ident, error)
+        if signals.sign_failed.receivers:
+            signals.sign_failed.send(spec.cls, keys=[key] if key else [], error=error)
+
+    # -- counting ---------------------------------------------------------------------------
+
+    def _count_hits(self, spec: URLSpec, keys: list[str]) -> None:
+        self.stats.hits += len(keys)
+        if signals.cache_hit.receivers:
+            signals.cache_hit.send(spec.cls, keys=keys)
+        if log.isEnabledFor(_DEBUG):
+            for key in keys:
+                log.debug("Using cached URL for file %s", _ident(key, spec))
+
+    def _count_misses(self, spec: URLSpec, keys: list[str]) -> None:
+        self.stats.misses += len(keys)
+        if signals.cache_miss.receivers:
+            signals.cache_miss.send(spec.cls, keys=keys)
+
+    # -- invalidating -----------------------------------------------------------------------
+
+    def invalidate(self, *objects: Any) -> int:
+        """Drop the cached URLs of ``objects`` now (commits do this by themselves)."""
+        by_class: dict[type, list[str]] = {}
+        if self._installation is not None:
+            for obj in objects:
+                for spec in self._installation.specs.get(type(obj), {}).values():
+                    key = spec.key_for(obj)
+                    if key is not None:
+                        by_class.setdefault(spec.cls, []).append(key)
+        return self.invalidate_keys(by_class)
+
+    def invalidate_keys(self, keys_by_class: Mapping[type, Iterable[str]]) -> int:
+        """Drop cache keys everywhere: this process, Redis, and every process's L1.
+
+        Sends ``url_invalidated`` once per class. Never raises for a Redis fault: keys that
+        could not be deleted are retried when Redis is back (and a stale value is never
+        served anyway, because its fingerprint no longer matches the row).
+        """
+        keys = sorted({key for ks in keys_by_class.values() for key in ks})
+        if not keys:
+            return 0
+        if self._local is not None:
+            self._local.discard(keys)
+        self.stats.invalidations += len(keys)
+        removed = self._delete_shared(keys)
+        for cls, ks in keys_by_class.items():
+            ks = sorted(set(ks))
+            if ks and signals.url_invalidated.receivers:
+                signals.url_invalidated.send(cls, keys=ks)
+        return removed
+
+    def _delete_shared(self, keys: list[str]) -> int:
+        store = self._store_if_up()
+        if store is not None:
+            try:
+                removed = store.delete_many(keys)
+                store.publish("\n".join(keys))
+            except Exception as exc:
+                self._cache_failed(exc)
+            else:
+                self._cache_ok()
+                return removed
+        self._unsent_invalidations.update(keys)
+        return 0
+
+    def clear_local(self) -> None:
+        """Empty this process's in-process layer."""
+        if self._local is not None:
+            self._local.clear()
+
+    # -- Redis health -----------------------------------------------------------------------
+
+    def _store_if_up(self) -> SharedStore | None:
+        if self._down_until and _time() < self._down_until:
+            return None
+        self._ensure_background()
+        return self.store
+
+    def _cache_failed(self, exc: BaseException) -> None:
+        self.stats.errors += 1
+        self._local_live = False
+        if self._local is not None:
+            self._local.clear()
+        if not self._outage:
+            self._outage = True
+            self.stats.breaker_opened += 1
+            log.warning(
+                "Redis unavailable (%s: %s); signing URLs directly, retrying every %gs",
+                type(exc).__name__,
+                exc,
+                self.settings.retry_after,
+            )
+        self._down_until = _time() + self.settings.retry_after
+        background = self._background
+        if background is not None:
+            background.reconnect.set()
+        if signals.cache_error.receivers:
+            signals.cache_error.send(self, error=exc)
+
+    def _cache_ok(self) -> None:
+        if self._outage:
+            self._outage = False
+            self._down_until = 0.0
+            log.warning("Redis reachable again; caching signed URLs")
+
+    @property
+    def redis_available(self) -> bool:
+        """False while the circuit breaker skips Redis."""
+        return not self._outage
+
+    # -- background: invalidation listener and stats flusher ---------------------------------
+
+    def _ensure_background(self) -> None:
+        if self._background is not None:
+            return
+        with self._background_lock:
+            if self._background is None:
+                self._background = _Background(self)
+                self._background.start()
+
+    def flush_stats(self) -> None:
+        """Add this process's counters to the fleet-wide totals in Redis now."""
+        deltas = self.stats.take_deltas()
+        if not deltas:
+            return
+        store = self.store
+        try:
+            if isinstance(store, RedisStore):
+                store.add_counters(deltas)
+        except Exception:
+            self.stats.restore_deltas(deltas)
+            raise
+
+    def close(self) -> None:
+        """Stop the background thread (flushing counters first) and drop the L1."""
+        background, self._background = self._background, None
+        if background is not None:
+            background.stop()
+        self._local_live = False
+        self.clear_local()
+
+    def _forked(self) -> None:
+        self._background = None
+        self._background_lock = threading.Lock()
+        self._flights_lock = threading.Lock()
+        self._flights = {}
+        self._local_live = False
+        self.clear_local()
+
+    def _on_message(self, data: bytes | str) -> None:
+        text = data.decode() if isinstance(data, bytes) else data
+        if self._local is None:
+            return
+        if text == "*":
+            self._local.clear()
+        else:
+            self._local.discard(text.split("\n"))
+
+
+class _Background(threading.Thread):
+    """Subscribes to invalidations (keeping the L1 honest) and flushes counters every second.
+
+    While it is not subscribed the L1 is neither read nor filled; each (re)subscription starts
+    from an empty L1, so nothing published during an outage is missed.
+    """
+
+    FLUSH_EVERY = 1.0
+
+    def __init__(self, urls: SignedURLs) -> None:
+        super().__init__(name="sqla-signed-urls", daemon=True)
+        self._urls = weakref.ref(urls)
+        self.stopping = threading.Event()
+        self.reconnect = threading.Event()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(timeout=5)
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            urls = self._urls()
+            if urls is None:
+                return
+            retry_after = urls.settings.retry_after
+            try:
+                self._session(urls)
+            except Exception as exc:
+                urls._local_live = False
+                urls.clear_local()
+                log.debug("invalidation listener stopped: %s", type(exc).__name__)
+            finally:
+                del urls
+            self.stopping.wait(retry_after)
+        urls = self._urls()
+        if urls is not None:
+            try:
+                urls.flush_stats()
+            except Exception:
+                log.debug("could not flush counters at close")
+
+    def _session(self, urls: SignedURLs) -> None:
+        store = urls.store
+        if not isinstance(store, RedisStore):
+            return
+        pubsub = store.client.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(store.channel)
+            pubsub.get_message(timeout=urls.settings.socket_timeout)
+            self.reconnect.clear()
+            urls.clear_local()
+            urls._local_live = True
+            self._retry_invalidations(urls)
+            next_flush = time.monotonic() + self.FLUSH_EVERY
+            while not self.stopping.is_set() and not self.reconnect.is_set():
+                message = pubsub.get_message(timeout=0.2)
+                if message is not None and message.get("type") == "message":
+                    urls._on_message(message["data"])
+                if time.monotonic() >= next_flush:
+                    urls.flush_stats()
+                    next_flush = time.monotonic() + self.FLUSH_EVERY
+        finally:
+            urls._local_live = False
+            try:
+                pubsub.close()
+            except Exception:
+                log.debug("pubsub close failed")
+
+    @staticmethod
+    def _retry_invalidations(urls: SignedURLs) -> None:
+        if not urls._unsent_invalidations:
+            return
+        keys = sorted(urls._unsent_invalidations)
+        urls.store.delete_many(keys)
+        urls.store.publish("\n".join(keys))
+        urls._unsent_invalidations.difference_update(keys)
+
+
+def _ident(key: str | None, spec: URLSpec | None) -> str:
+    """The row id part of a cache key, for the seed's log lines."""
+    if key is None:
+        return "?"
+    if spec is not None and key.startswith(spec.prefix):
+        return key[len(spec.prefix) :]
+    return key

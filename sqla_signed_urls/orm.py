@@ -1,0 +1,308 @@
+"""SQLAlchemy ORM integration: URL attributes on mapped classes, invalidation after commit.
+
+Everything here is switched on by :meth:`SignedURLs.install` and off by ``uninstall``; nothing
+happens at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import event, inspect, select
+from sqlalchemy.orm import Mapper, ORMExecuteState, Session, registry
+
+from .core import URLSpec
+from .exceptions import ConfigurationError
+from .types import ObjectKey
+
+if TYPE_CHECKING:
+    from .core import SignedURLs
+
+__all__ = ["INFO_KEY", "Installation", "URLAttribute"]
+
+log = logging.getLogger("sqla_signed_urls")
+
+#: ``session.info`` key under which keys waiting for the commit are kept.
+INFO_KEY = "sqla_signed_urls"
+
+
+class URLAttribute:
+    """The read-only ``obj.url`` attribute that ``install()`` puts on a mapped class."""
+
+    __slots__ = ("spec", "urls")
+
+    def __init__(self, urls: SignedURLs, spec: URLSpec) -> None:
+        self.urls = urls
+        self.spec = spec
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        return self.urls._url(obj, self.spec)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        raise AttributeError(
+            f"{self.spec.cls.__name__}.{self.spec.attr} is read-only; "
+            f"set {self.spec.column} (the object key) instead"
+        )
+
+
+def _matcher(target: Any) -> Callable[[Mapper[Any]], bool]:
+    if isinstance(target, registry):
+        return lambda mapper: mapper.registry is target
+    if isinstance(target, type) and (
+        isinstance(getattr(target, "registry", None), registry) or hasattr(target, "__mapper__")
+    ):
+        return lambda mapper: issubclass(mapper.class_, target)
+    raise ConfigurationError(
+        f"install({target!r}): expected a declarative base, a registry or a mapped class"
+    )
+
+
+def _existing_mappers(target: Any) -> list[Mapper[Any]]:
+    reg = target if isinstance(target, registry) else getattr(target, "registry", None)
+    if not isinstance(reg, registry):
+        mapper = getattr(target, "__mapper__", None)
+        reg = mapper.registry if mapper is not None else None
+    return list(reg.mappers) if reg is not None else []
+
+
+class Installation:
+    """The targets one :class:`SignedURLs` covers, their URL specs and its event listeners."""
+
+    def __init__(self, urls: SignedURLs) -> None:
+        self.urls = urls
+        self.targets: list[tuple[Any, Callable[[Mapper[Any]], bool]]] = []
+        #: mapped class -> url attribute name -> spec
+        self.specs: dict[type, dict[str, URLSpec]] = {}
+        self._listening = False
+
+    # -- targets ----------------------------------------------------------------------------
+
+    def add(self, target: Any) -> None:
+        if any(t is target for t, _ in self.targets):
+            raise ConfigurationError(f"install({_name(target)}): already installed")
+        matches = _matcher(target)
+        self.targets.append((target, matches))
+        if not self._listening:
+            self._listen()
+        try:
+            for mapper in _existing_mappers(target):
+                if matches(mapper):
+                    self._add_mapper(mapper)
+            self.check_collisions()
+        except Exception:
+            self.remove(target)
+            raise
+
+    def remove(self, target: Any) -> None:
+        keep = [(t, m) for t, m in self.targets if target is not None and t is not target]
+        self.targets = keep
+        for cls, specs in list(self.specs.items()):
+            mapper: Mapper[Any] = inspect(cls)
+            if any(m(mapper) for _, m in keep):
+                continue
+            for attr, spec in specs.items():
+                if isinstance(cls.__dict__.get(attr), URLAttribute):
+                    delattr(cls, attr)
+                del spec
+            del self.specs[cls]
+        if not self.targets and self._listening:
+            self._unlisten()
+
+    def _covers(self, mapper: Mapper[Any]) -> bool:
+        return any(m(mapper) for _, m in self.targets)
+
+    def _add_mapper(self, mapper: Mapper[Any]) -> None:
+        cls = mapper.class_
+        if cls in self.specs:
+            return
+        specs: dict[str, URLSpec] = {}
+        pk_attrs = tuple(mapper.get_property_by_column(c).key for c in mapper.primary_key)
+        owner = mapper.base_mapper.class_
+        prefix = self.urls.settings.key_prefix
+        for prop in mapper.column_attrs:
+            column = prop.columns[0]
+            kind = column.type
+            if not isinstance(kind, ObjectKey):
+                continue
+            attr = kind.url_attr
+            if attr in specs:
+                raise ConfigurationError(
+                    f"{cls.__name__}: ObjectKey columns {specs[attr].column!r} and {prop.key!r} "
+                    f"both use url_attr={attr!r}; give one ObjectKey(url_attr=...) of its own"
+                )
+            existing = getattr(cls, attr, None)
+            if existing is not None and not isinstance(existing, URLAttribute):
+                raise ConfigurationError(
+                    f"{cls.__name__}.{attr} already exists; name the URL attribute of "
+                    f"{prop.key!r} with ObjectKey(url_attr=...)"
+                )
+            namespace = kind.key_namespace
+            specs[attr] = URLSpec(
+                cls=cls,
+                attr=attr,
+                column=prop.key,
+                column_names=frozenset({prop.key, column.key, column.name}),
+                pk_attrs=pk_attrs,
+                prefix=f"{prefix}{namespace}:" if namespace else prefix,
+                owner=owner,
+            )
+        if not specs:
+            return
+        for attr, spec in specs.items():
+            setattr(cls, attr, URLAttribute(self.urls, spec))
+        self.specs[cls] = specs
+
+    def check_collisions(self) -> None:
+        """Two classes (not related by inheritance) must not share one key scheme."""
+        seen: dict[str, URLSpec] = {}
+        for specs in self.specs.values():
+            for spec in specs.values():
+                other = seen.setdefault(spec.prefix, spec)
+                if other.owner is not spec.owner:
+                    raise ConfigurationError(
+                        f"{other.cls.__name__}.{other.attr} and {spec.cls.__name__}.{spec.attr} "
+                        f"would both cache under '{spec.prefix}<pk>'; give one of them "
+                        "ObjectKey(..., namespace='...') or its own SignedURLs(key_prefix=...)"
+                    )
+
+    # -- listeners --------------------------------------------------------------------------
+
+    def _events(self) -> list[tuple[Any, str, Callable[..., Any]]]:
+        return [
+            (Mapper, "after_mapper_constructed", self._on_mapper),
+            (Mapper, "before_configured", self.check_collisions),
+            (Session, "after_flush", self._after_flush),
+            (Session, "do_orm_execute", self._do_orm_execute),
+            (Session, "after_commit", self._after_commit),
+            (Session, "after_transaction_end", self._after_transaction_end),
+        ]
+
+    def _listen(self) -> None:
+        for target, name, fn in self._events():
+            event.listen(target, name, fn)
+        self._listening = True
+
+    def _unlisten(self) -> None:
+        for target, name, fn in self._events():
+            if event.contains(target, name, fn):
+                event.remove(target, name, fn)
+        self._listening = False
+
+    def _on_mapper(self, mapper: Mapper[Any], cls: type) -> None:
+        if self._covers(mapper):
+            self._add_mapper(mapper)
+
+    # -- collecting what a transaction changed ----------------------------------------------
+
+    def _pending(self, session: Session) -> dict[type, set[str]]:
+        bucket: dict[Any, dict[type, set[str]]] = session.info.setdefault(INFO_KEY, {})
+        return bucket.setdefault(self.urls, {})
+
+    def _after_flush(self, session: Session, flush_context: Any) -> None:
+        found: dict[type, set[str]] = {}
+        for obj in session.dirty:
+            specs = self.specs.get(type(obj))
+            if specs:
+                self._changed_keys(obj, specs.values(), found)
+        for obj in session.deleted:
+            specs = self.specs.get(type(obj))
+            if specs:
+                for spec in specs.values():
+                    self._old_key(obj, spec, found)
+        if found:
+            pending = self._pending(session)
+            for cls, keys in found.items():
+                pending.setdefault(cls, set()).update(keys)
+
+    def _changed_keys(
+        self, obj: Any, specs: Iterable[URLSpec], found: dict[type, set[str]]
+    ) -> None:
+        state = inspect(obj)
+        for spec in specs:
+            changed = state.attrs[spec.column].history.has_changes() or any(
+                state.attrs[name].history.has_changes() for name in spec.pk_attrs
+            )
+            if changed:
+                self._old_key(obj, spec, found)
+
+    @staticmethod
+    def _old_key(obj: Any, spec: URLSpec, found: dict[type, set[str]]) -> None:
+        identity = inspect(obj).identity
+        key = spec.key_for_pk(identity) if identity is not None else spec.key_for(obj)
+        if key is not None:
+            found.setdefault(spec.cls, set()).add(key)
+
+    def _do_orm_execute(self, state: ORMExecuteState) -> None:
+        if not (state.is_update or state.is_delete):
+            return
+        mapper = state.bind_mapper
+        if mapper is None or mapper.class_ not in self.specs:
+            return
+        specs = list(self.specs[mapper.class_].values())
+        statement: Any = state.statement
+        params: Any = state.parameters
+        multi = isinstance(params, list)
+        if state.is_update:
+            touched = _touched_columns(statement, params)
+            watched = set().union(*(s.column_names for s in specs)) | set(specs[0].pk_attrs)
+            if touched is not None and not (touched & watched):
+                return
+        pending = self._pending(state.session)
+        keys = pending.setdefault(mapper.class_, set())
+        if isinstance(params, list) and state.is_update:
+            pk_attrs = specs[0].pk_attrs
+            for row in params:  # ORM bulk UPDATE by primary key
+                pk = [row.get(name) for name in pk_attrs]
+                if all(v is not None for v in pk):
+                    keys.update(spec.key_for_pk(pk) for spec in specs)
+            return
+        pk_columns = list(mapper.primary_key)
+        query = select(*pk_columns).select_from(mapper.local_table)
+        if statement.whereclause is not None:
+            query = query.where(statement.whereclause)
+        rows = state.session.execute(query, None if multi else params).all()
+        for row in rows:
+            keys.update(spec.key_for_pk(tuple(row)) for spec in specs)
+
+    def _after_commit(self, session: Session) -> None:
+        if session.in_nested_transaction():
+            return
+        bucket = session.info.get(INFO_KEY)
+        pending = bucket.pop(self.urls, None) if bucket else None
+        if not pending:
+            return
+        try:
+            self.urls.invalidate_keys(pending)
+        except Exception:  # never break the app's commit
+            log.exception("could not invalidate cached URLs after commit")
+
+    def _after_transaction_end(self, session: Session, transaction: Any) -> None:
+        if transaction.parent is None:
+            bucket = session.info.get(INFO_KEY)
+            if bucket:
+                bucket.pop(self.urls, None)
+
+
+def _touched_columns(statement: Any, params: Any) -> set[str] | None:
+    """Names of the columns an UPDATE sets, or ``None`` when that cannot be told."""
+    names: set[str] = set()
+    if isinstance(params, list):
+        for row in params:
+            names.update(row)
+        return names
+    values = getattr(statement, "_values", None) or {}
+    ordered = getattr(statement, "_ordered_values", None) or []
+    items = list(values) + [k for k, _ in ordered]
+    if not items:
+        return None if not isinstance(params, dict) or not params else set(params)
+    for item in items:
+        names.add(getattr(item, "key", None) or str(item))
+    return names
+
+
+def _name(target: Any) -> str:
+    return getattr(target, "__name__", None) or repr(target)

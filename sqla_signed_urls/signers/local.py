@@ -1,0 +1,97 @@
+"""HMAC-signed URLs for apps that serve files themselves, and for offline demos."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+from ..exceptions import ConfigurationError, SignatureError, SigningError
+from .base import Signer
+
+__all__ = ["LocalSigner"]
+
+
+def check_object_key(object_key: str) -> None:
+    """Reject keys that cannot round-trip through a URL path unchanged."""
+    if not isinstance(object_key, str) or not object_key:
+        raise SigningError("object key must be a non-empty str")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in object_key):
+        raise SigningError("object key contains a control character")
+    if any(part in ("", ".", "..") for part in object_key.split("/")):
+        raise SigningError(
+            "object key has an empty, '.' or '..' path segment "
+            "(browsers would rewrite the URL path)"
+        )
+
+
+class LocalSigner(Signer):
+    """Signs ``<base_url>/<key>?expires=<t>&signature=<hmac>`` with a secret of your own.
+
+    The app that hands out the URLs also serves them, checking each with :meth:`verify`::
+
+        signer = LocalSigner(secret=os.environ["FILES_SECRET"], base_url="/files")
+        url = signer.sign("avatars/7.png", expires_at=int(time.time()) + 3600)
+        signer.verify(url)  # -> "avatars/7.png", or SignatureError
+
+    URLs are stable: one key and expiry always give the same URL, in every process.
+    """
+
+    def __init__(self, secret: str | bytes, base_url: str, *, name: str | None = None) -> None:
+        if isinstance(secret, str):
+            secret = secret.encode()
+        if not isinstance(secret, bytes) or len(secret) < 16:
+            raise ConfigurationError(
+                "LocalSigner(secret=...): the secret must be at least 16 bytes; "
+                "generate one with `python -c 'import secrets; print(secrets.token_hex(32))'`"
+            )
+        if not isinstance(base_url, str) or not base_url:
+            raise ConfigurationError(
+                f"LocalSigner(base_url={base_url!r}): give the URL prefix files are served under, "
+                "such as '/files' or 'https://example.com/files'"
+            )
+        self._secret = secret
+        self.base_url = base_url.rstrip("/")
+        self._base_path = urlsplit(self.base_url).path
+        self.name = name or f"local:{self.base_url}"
+
+    def __repr__(self) -> str:
+        return f"LocalSigner(base_url={self.base_url!r})"
+
+    def _signature(self, object_key: str, expires_at: int) -> str:
+        message = f"{object_key}\n{expires_at}".encode()
+        digest = hmac.new(self._secret, message, hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+    def sign(self, object_key: str, *, expires_at: int) -> str:
+        check_object_key(object_key)
+        signature = self._signature(object_key, expires_at)
+        return (
+            f"{self.base_url}/{quote(object_key, safe='/')}"
+            f"?expires={expires_at}&signature={signature}"
+        )
+
+    def verify(self, url: str, *, now: float | None = None) -> str:
+        """Return the object key of a URL this signer made, or raise ``SignatureError``.
+
+        ``url`` may be absolute or just the path and query (as a web framework sees it).
+        """
+        parts = urlsplit(url)
+        prefix = self._base_path + "/"
+        if not parts.path.startswith(prefix):
+            raise SignatureError(f"URL path is not under {self._base_path or '/'}")
+        object_key = unquote(parts.path[len(prefix) :], errors="strict")
+        query = parse_qs(parts.query, keep_blank_values=True)
+        expires = query.get("expires", [])
+        signature = query.get("signature", [])
+        if len(expires) != 1 or len(signature) != 1 or not expires[0].isdigit():
+            raise SignatureError("URL lacks a single 'expires' and 'signature'")
+        expires_at = int(expires[0])
+        expected = self._signature(object_key, expires_at)
+        if not hmac.compare_digest(expected.encode(), signature[0].encode()):
+            raise SignatureError("signature does not match")
+        if expires_at <= (time.time() if now is None else now):
+            raise SignatureError("URL has expired")
+        return object_key
