@@ -123,11 +123,13 @@ class Installation:
         pk_attrs = tuple(mapper.get_property_by_column(c).key for c in mapper.primary_key)
         owner = mapper.base_mapper.class_
         prefix = self.urls.settings.key_prefix
-        for prop in mapper.column_attrs:
-            column = prop.columns[0]
+        # mapper.columns, unlike mapper.attrs, does not configure mappers: collisions are
+        # checked when they configure, with every class of the batch known.
+        for column in mapper.columns:
             kind = column.type
             if not isinstance(kind, ObjectKey):
                 continue
+            prop = mapper.get_property_by_column(column)
             attr = kind.url_attr
             if attr in specs:
                 raise ConfigurationError(
@@ -159,7 +161,8 @@ class Installation:
     def check_collisions(self) -> None:
         """Two classes (not related by inheritance) must not share one key scheme."""
         seen: dict[str, URLSpec] = {}
-        for specs in self.specs.values():
+        ordered = sorted(self.specs.items(), key=lambda item: item[0].__qualname__)
+        for _, specs in ordered:
             for spec in specs.values():
                 other = seen.setdefault(spec.prefix, spec)
                 if other.owner is not spec.owner:
