@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import signals
 from ._keys import pk_part
-from .cache.base import Entry, SharedStore, decode_entry, encode_entry, fingerprint
+from .cache.base import Entry, SharedStore, encode_entry, match_entry, signer_tag
 from .cache.local import LocalCache
 from .cache.redis import RedisStore, client_from_url
 from .config import Settings
@@ -186,6 +186,7 @@ class SignedURLs:
                 f"{signer.max_url_ttl} seconds; lower url_ttl (FILE_URL_EXPIRES)"
             )
         self.signer = signer
+        self._tag = signer_tag(signer.name)
         self.stats = Stats()
         self.redis = self._make_client(redis)
         self.store: SharedStore = RedisStore(self.redis, key_prefix)
@@ -319,7 +320,6 @@ class SignedURLs:
         return self._lookup(spec, key, object_key)
 
     def _lookup(self, spec: URLSpec, key: str, object_key: str) -> str | None:
-        fp = fingerprint(self.signer.name, object_key)
         store = self._store_if_up()
         if store is not None:
             try:
@@ -329,11 +329,11 @@ class SignedURLs:
                 store = None
             else:
                 self._cache_ok()
-                entry = self._usable(decode_entry(raw), fp, _time())
+                entry = match_entry(raw, self._tag, object_key, _time(), self._min_validity)
                 if entry is not None:
-                    self._remember(key, object_key, entry)
+                    self._remember([(key, object_key, entry)])
                     self._count_hits(spec, [key])
-                    return entry.url
+                    return entry[0]
         self._count_misses(spec, [key])
         with self._flights_lock:
             flight = self._flights.get(key)
@@ -346,7 +346,9 @@ class SignedURLs:
             if flight.url is not None:
                 return flight.url
         try:
-            flight.url = self._sign_and_store(spec, [(key, object_key, fp)], store)[key]
+            writes: list[_Write] = []
+            flight.url = self._sign(spec, [(key, object_key)], writes)[key]
+            self._write(store, writes)
         finally:
             flight.done.set()
             with self._flights_lock:
@@ -362,14 +364,19 @@ class SignedURLs:
 
             for post, url in zip(posts, urls.resolve(posts)): ...
         """
-        objects = list(objects)
+        objects = objects if isinstance(objects, list) else list(objects)
         results: list[str | None] = [None] * len(objects)
+        # key -> (spec, object_key, indexes of the objects that share it)
         wanted: dict[str, tuple[URLSpec, str, list[int]]] = {}
-        now = _time()
+        specs: dict[type, URLSpec] = {}
+        hits: dict[URLSpec, list[str]] = {}
         local = self._local if self._local_live else None
-        hits: dict[type, list[str]] = {}
+        now = _time()
         for i, obj in enumerate(objects):
-            spec = self._spec(type(obj), attr)
+            cls = type(obj)
+            spec = specs.get(cls)
+            if spec is None:
+                spec = specs[cls] = self._spec(cls, attr)
             object_key = obj.__dict__.get(spec.column, _MISSING)
             if object_key is _MISSING:
                 object_key = getattr(obj, spec.column)
@@ -383,21 +390,25 @@ class SignedURLs:
                 held = local.get(key)
                 if held is not None and held[0] == object_key and held[2] > now:
                     results[i] = held[1]
-                    hits.setdefault(spec.cls, []).append(key)
+                    hits.setdefault(spec, []).append(key)
                     continue
             seen = wanted.get(key)
             if seen is not None and seen[1] == object_key:
                 seen[2].append(i)
             else:
                 wanted[key] = (spec, object_key, [i])
-        for cls, keys in hits.items():
-            self._count_hits(self._spec(cls, attr), keys)
-        if not wanted:
-            return results
+        for spec, keys in hits.items():
+            self._count_hits(spec, keys)
+        if wanted:
+            self._resolve_shared(wanted, results)
+        return results
+
+    def _resolve_shared(
+        self, wanted: dict[str, tuple[URLSpec, str, list[int]]], results: list[str | None]
+    ) -> None:
         keys = list(wanted)
-        fps = {key: fingerprint(self.signer.name, wanted[key][1]) for key in keys}
         store = self._store_if_up()
-        raws: Sequence[bytes | str | None] = [None] * len(keys)
+        raws: Sequence[bytes | str | None] = ()
         if store is not None:
             try:
                 raws = store.get_many(keys)
@@ -406,43 +417,34 @@ class SignedURLs:
                 store = None
             else:
                 self._cache_ok()
-        now = _time()
-        to_sign: dict[type, list[tuple[str, str, str]]] = {}
-        hits.clear()
-        for key, raw in zip(keys, raws, strict=True):
+        tag, min_validity, now = self._tag, self._min_validity, _time()
+        hits: dict[URLSpec, list[str]] = {}
+        found: list[tuple[str, str, Entry]] = []
+        to_sign: dict[URLSpec, list[tuple[str, str]]] = {}
+        for key, raw in zip(keys, raws or [None] * len(keys), strict=True):
             spec, object_key, indexes = wanted[key]
-            entry = self._usable(decode_entry(raw), fps[key], now)
+            entry = match_entry(raw, tag, object_key, now, min_validity)
             if entry is None:
-                to_sign.setdefault(spec.cls, []).append((key, object_key, fps[key]))
+                to_sign.setdefault(spec, []).append((key, object_key))
                 continue
-            self._remember(key, object_key, entry)
-            hits.setdefault(spec.cls, []).append(key)
+            found.append((key, object_key, entry))
+            hits.setdefault(spec, []).append(key)
             for i in indexes:
-                results[i] = entry.url
-        for cls, hit_keys in hits.items():
-            self._count_hits(self._spec(cls, attr), hit_keys)
-        signed: dict[str, str | None] = {}
+                results[i] = entry[0]
+        self._remember(found)
+        for spec, hit_keys in hits.items():
+            self._count_hits(spec, hit_keys)
         writes: list[_Write] = []
-        for cls, items in to_sign.items():
-            spec = self._spec(cls, attr)
-            self._count_misses(spec, [key for key, _, _ in items])
-            signed.update(self._sign(spec, items, writes))
+        for spec, items in to_sign.items():
+            self._count_misses(spec, [key for key, _ in items])
+            for key, url in self._sign(spec, items, writes).items():
+                for i in wanted[key][2]:
+                    results[i] = url
         self._write(store, writes)
-        for key, url in signed.items():
-            for i in wanted[key][2]:
-                results[i] = url
-        return results
 
-    def _usable(self, entry: Entry | None, fp: str, now: float) -> Entry | None:
-        if entry is None or entry.fingerprint != fp:
-            return None
-        if entry.cache_until <= now or entry.expires_at - now < self._min_validity:
-            return None
-        return entry
-
-    def _remember(self, key: str, object_key: str, entry: Entry) -> None:
-        if self._local is not None and self._local_live:
-            self._local.set(key, (object_key, entry.url, entry.cache_until))
+    def _remember(self, items: list[tuple[str, str, Entry]]) -> None:
+        if self._local is not None and self._local_live and items:
+            self._local.set_many([(key, (object_key, e[0], e[2])) for key, object_key, e in items])
 
     # -- signing ----------------------------------------------------------------------------
 
@@ -458,28 +460,18 @@ class SignedURLs:
             self._sign_failed(spec, None, obj, exc)
             return None
 
-    def _sign_and_store(
-        self, spec: URLSpec, items: list[tuple[str, str, str]], store: SharedStore | None
-    ) -> dict[str, str | None]:
-        writes: list[_Write] = []
-        signed = self._sign(spec, items, writes)
-        self._write(store, writes)
-        return signed
-
     def _sign(
-        self,
-        spec: URLSpec,
-        items: list[tuple[str, str, str]],
-        writes: list[_Write],
+        self, spec: URLSpec, items: list[tuple[str, str]], writes: list[_Write]
     ) -> dict[str, str | None]:
-        """Sign ``(key, object_key, fingerprint)`` items; queue their cache writes."""
+        """Sign ``(key, object_key)`` items; queue their cache writes and fill the L1."""
         now_i = int(_time())
         expires_at = self.expires_at(now_i)
         base_ttl = expires_at - self._min_validity - now_i
         out: dict[str, str | None] = {}
         done: list[str] = []
+        fresh: list[tuple[str, str, Entry]] = []
         info = log.isEnabledFor(logging.INFO)
-        for key, object_key, fp in items:
+        for key, object_key in items:
             if info:
                 log.info("Generating new signed URL for file %s (cache miss)", _ident(key, spec))
             try:
@@ -493,9 +485,11 @@ class SignedURLs:
             ttl = base_ttl - (random.randint(0, self._jitter) if self._jitter else 0)
             if ttl < 1:
                 continue
-            entry = Entry(url, expires_at, now_i + ttl, fp)
-            writes.append((key, encode_entry(entry), ttl, entry.cache_until, _ident(key, spec)))
-            self._remember(key, object_key, entry)
+            entry = (url, expires_at, now_i + ttl)
+            value = encode_entry(entry, self._tag, object_key)
+            writes.append((key, value, ttl, now_i + ttl, _ident(key, spec)))
+            fresh.append((key, object_key, entry))
+        self._remember(fresh)
         if done:
             self.stats.signed += len(done)
             if signals.url_signed.receivers:

@@ -2,10 +2,11 @@
 
 A cached value is readable text, never a pickle::
 
-    1764205200 1764193500 9f2c4e1ab07d3e55 https://campus-forum.oss-cn-hangzhou.aliyuncs.com/...
+    1764205200 1764193500 9f2c4e1a https://campus-forum.oss-cn-hangzhou.aliyuncs.com/... posts/1/a.jpg
 
-that is: URL expiry, end of the cache lifetime (both Unix seconds), fingerprint of what was
-signed (signer name and object key), and the URL itself, verbatim.
+that is: URL expiry and end of the cache lifetime (Unix seconds), a tag of the signer (bucket),
+the URL verbatim, and the object key it was signed for. A value is served only when the tag and
+the object key match the row, so a stale value can never hand out the wrong file.
 """
 
 from __future__ import annotations
@@ -13,45 +14,55 @@ from __future__ import annotations
 import abc
 import hashlib
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple
 
-__all__ = ["Entry", "SharedStore", "decode_entry", "encode_entry", "fingerprint"]
+__all__ = ["Entry", "SharedStore", "encode_entry", "match_entry", "signer_tag"]
 
 #: Values larger than this are never ours; they are treated as misses without parsing.
 MAX_VALUE_BYTES = 16 * 1024
 
 
-class Entry(NamedTuple):
-    """One cached URL."""
-
-    url: str
-    expires_at: int
-    cache_until: int
-    fingerprint: str
+#: One cached URL: ``(url, expires_at, cache_until)``. A plain tuple: built on every read.
+Entry = tuple[str, int, int]
 
 
-def fingerprint(signer_name: str, object_key: str) -> str:
-    """Short hash of what was signed; a cached URL is served only when it matches."""
-    data = f"{signer_name}\0{object_key}".encode("utf-8", "surrogatepass")
-    return hashlib.blake2b(data, digest_size=8).hexdigest()
+def signer_tag(signer_name: str) -> bytes:
+    """Eight hex characters naming the signer (bucket, endpoint) inside stored values."""
+    return hashlib.blake2b(signer_name.encode(), digest_size=4).hexdigest().encode()
 
 
-def encode_entry(entry: Entry) -> bytes:
-    return f"{entry.expires_at} {entry.cache_until} {entry.fingerprint} {entry.url}".encode()
+def encode_entry(entry: Entry, tag: bytes, object_key: str) -> bytes:
+    url, expires_at, cache_until = entry
+    head = f"{expires_at} {cache_until} ".encode()
+    return head + tag + b" " + url.encode() + b" " + _key_bytes(object_key)
 
 
-def decode_entry(raw: bytes | str | None) -> Entry | None:
-    """Parse a stored value; anything malformed is ``None`` (a miss), never an exception."""
-    if raw is None or len(raw) > MAX_VALUE_BYTES:
+def match_entry(
+    raw: bytes | str | None, tag: bytes, object_key: str, now: float, min_validity: int
+) -> Entry | None:
+    """The entry in ``raw`` if it is ours, for ``object_key`` and still servable, else ``None``.
+
+    Anything malformed is a miss, never an exception.
+    """
+    if raw is None:
         return None
     try:
-        text = raw.decode() if isinstance(raw, bytes) else raw
-        expires, until, fp, url = text.split(" ", 3)
-        if not (expires.isdigit() and until.isdigit()) or len(fp) != 16 or not url:
+        data = raw if type(raw) is bytes else str(raw).encode("utf-8", "surrogatepass")
+        if len(data) > MAX_VALUE_BYTES:
             return None
-        return Entry(url, int(expires), int(until), fp)
-    except (UnicodeDecodeError, ValueError, AttributeError):
+        expires, until, their_tag, url, their_key = data.split(b" ", 4)
+        if their_tag != tag or their_key != _key_bytes(object_key):
+            return None
+        expires_at = int(expires)
+        cache_until = int(until)
+        if cache_until <= now or expires_at - now < min_validity or not url:
+            return None
+        return (url.decode(), expires_at, cache_until)
+    except (ValueError, UnicodeError):  # malformed: wrong field count, not numbers, not text
         return None
+
+
+def _key_bytes(object_key: str) -> bytes:
+    return object_key.encode("utf-8", "surrogatepass")
 
 
 class SharedStore(abc.ABC):

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 __all__ = ["LocalCache"]
 
-#: ``(object_key, url, cache_until)``; the object key is the fingerprint within one process.
+#: ``(object_key, url, cache_until)``: served only while the row still has that object key.
 LocalEntry = tuple[str, str, float]
 
 
@@ -48,6 +48,15 @@ class LocalCache:
             self._data.move_to_end(key)
             while len(self._data) > self.maxsize:
                 self._data.popitem(last=False)
+
+    def set_many(self, items: Iterable[tuple[str, LocalEntry]]) -> None:
+        data = self._data
+        with self._lock:
+            for key, entry in items:
+                data[key] = entry
+                data.move_to_end(key)
+            while len(data) > self.maxsize:
+                data.popitem(last=False)
 
     def discard(self, keys: Iterable[str]) -> None:
         with self._lock:
