@@ -2,7 +2,7 @@
 
 A cached value is readable text, never a pickle::
 
-    1764205200 1764193500 9f2c4e1a https://campus-forum.oss-cn-hangzhou.aliyuncs.com/... posts/1/a.jpg
+    1764205200 1764193500 9f2c4e1a https://campus-forum.oss-cn-hangzhou.aliyuncs.com/... p/1.jpg
 
 that is: URL expiry and end of the cache lifetime (Unix seconds), a tag of the signer (bucket),
 the URL verbatim, and the object key it was signed for. A value is served only when the tag and
