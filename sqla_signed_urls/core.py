@@ -720,10 +720,17 @@ class _Background(threading.Thread):
         store = urls.store
         if not isinstance(store, RedisStore):
             return
-        pubsub = store.client.pubsub(ignore_subscribe_messages=True)
+        pubsub = store.client.pubsub()
         try:
             pubsub.subscribe(store.channel)
-            pubsub.get_message(timeout=urls.settings.socket_timeout)
+            # The L1 may only be trusted once the server has confirmed the subscription.
+            deadline = time.monotonic() + max(1.0, urls.settings.socket_timeout * 4)
+            while True:
+                message = pubsub.get_message(timeout=urls.settings.socket_timeout)
+                if message is not None and message.get("type") == "subscribe":
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError("no confirmation of the invalidation subscription")
             self.reconnect.clear()
             urls.clear_local()
             urls._local_live = True
