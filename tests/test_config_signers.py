@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import types
 from typing import Any
 
 import oss2
@@ -44,7 +45,7 @@ def test_public_surface_is_complete() -> None:
         "SignedURLError",
     } <= exported
     public = {n for n in vars(sqla_signed_urls) if not n.startswith("_")}
-    modules = {"cache", "config", "core", "exceptions", "orm", "signers", "types", "testing"}
+    modules = {n for n, v in vars(sqla_signed_urls).items() if isinstance(v, types.ModuleType)}
     assert public - modules - {"annotations", "TYPE_CHECKING", "Any"} <= exported
     assert issubclass(ConfigurationError, SignedURLError)
     assert issubclass(SigningError, SignedURLError)
