@@ -444,7 +444,15 @@ class SignedURLs:
 
     def _remember(self, items: list[tuple[str, str, Entry]]) -> None:
         if self._local is not None and self._local_live and items:
-            self._local.set_many([(key, (object_key, e[0], e[2])) for key, object_key, e in items])
+            # Another process may have written the value under other settings: this
+            # process's minimum-validity rule bounds the L1 entry as well.
+            min_validity = self._min_validity
+            self._local.set_many(
+                [
+                    (key, (object_key, url, min(until, expires - min_validity)))
+                    for key, object_key, (url, expires, until) in items
+                ]
+            )
 
     # -- signing ----------------------------------------------------------------------------
 
