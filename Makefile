@@ -1,5 +1,7 @@
 # `make demo` and `make test` work on a fresh clone: they create .venv and install the project.
 VENV ?= .venv
+# Extra requirements for this venv, e.g. EXTRA_PIP='sqlalchemy<2.1' to test on SQLAlchemy 2.0.
+EXTRA_PIP ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
@@ -8,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev]" $(if $(EXTRA_PIP),'$(EXTRA_PIP)')
 	touch $(STAMP)
 
 demo: $(STAMP)
