@@ -304,7 +304,8 @@ class SignedURLs:
             object_key = getattr(obj, spec.column)
         if not object_key:
             return None
-        key = spec.key_for(obj)
+        pk = obj.__dict__.get(spec.pk_attrs[0]) if len(spec.pk_attrs) == 1 else None
+        key = spec.prefix + str(pk) if type(pk) is int else spec.key_for(obj)
         if key is None:  # not flushed yet: nothing to cache it under
             return self._sign_uncached(spec, obj, object_key)
         local = self._local
@@ -328,11 +329,17 @@ class SignedURLs:
                 self._cache_failed(exc)
                 store = None
             else:
-                self._cache_ok()
+                if self._outage:
+                    self._cache_ok()
                 entry = match_entry(raw, self._tag, object_key, _time(), self._min_validity)
                 if entry is not None:
-                    self._remember([(key, object_key, entry)])
-                    self._count_hits(spec, [key])
+                    if self._local is not None:
+                        self._remember([(key, object_key, entry)])
+                    self.stats.hits += 1
+                    if signals.cache_hit.receivers:
+                        signals.cache_hit.send(spec.cls, keys=[key])
+                    if log.isEnabledFor(_DEBUG):
+                        log.debug("Using cached URL for file %s", _ident(key, spec))
                     return entry[0]
         self._count_misses(spec, [key])
         with self._flights_lock:
@@ -347,7 +354,7 @@ class SignedURLs:
                 return flight.url
         try:
             writes: list[_Write] = []
-            flight.url = self._sign(spec, [(key, object_key)], writes)[key]
+            flight.url = self._sign(spec, [(key, object_key)], writes, store is not None)[key]
             self._write(store, writes)
         finally:
             flight.done.set()
@@ -437,7 +444,7 @@ class SignedURLs:
         writes: list[_Write] = []
         for spec, items in to_sign.items():
             self._count_misses(spec, [key for key, _ in items])
-            for key, url in self._sign(spec, items, writes).items():
+            for key, url in self._sign(spec, items, writes, store is not None).items():
                 for i in wanted[key][2]:
                     results[i] = url
         self._write(store, writes)
@@ -469,9 +476,16 @@ class SignedURLs:
             return None
 
     def _sign(
-        self, spec: URLSpec, items: list[tuple[str, str]], writes: list[_Write]
+        self,
+        spec: URLSpec,
+        items: list[tuple[str, str]],
+        writes: list[_Write],
+        cached: bool,
     ) -> dict[str, str | None]:
-        """Sign ``(key, object_key)`` items; queue their cache writes and fill the L1."""
+        """Sign ``(key, object_key)`` items and queue their cache writes. ``cached``: the
+        writes will go to Redis; only then does the L1 keep the URLs too, as it never holds an
+        entry without a Redis twin (while the breaker skips Redis, the L1 may already be live
+        again, and an entry kept then would be served, Redis never refilled)."""
         now_i = int(_time())
         expires_at = self.expires_at(now_i)
         base_ttl = expires_at - self._min_validity - now_i
@@ -490,14 +504,15 @@ class SignedURLs:
                 continue
             out[key] = url
             done.append(key)
-            ttl = base_ttl - (random.randint(0, self._jitter) if self._jitter else 0)
+            ttl = base_ttl - int(random.random() * (self._jitter + 1))
             if ttl < 1:
                 continue
             entry = (url, expires_at, now_i + ttl)
             value = encode_entry(entry, self._tag, object_key)
-            writes.append((key, value, ttl, now_i + ttl, _ident(key, spec)))
+            writes.append((key, value, ttl, now_i + ttl, _ident(key, spec) if info else ""))
             fresh.append((key, object_key, entry))
-        self._remember(fresh)
+        if cached:
+            self._remember(fresh)
         if done:
             self.stats.signed += len(done)
             if signals.url_signed.receivers:
@@ -746,8 +761,13 @@ class _Background(threading.Thread):
             next_flush = time.monotonic() + self.FLUSH_EVERY
             while not self.stopping.is_set() and not self.reconnect.is_set():
                 message = pubsub.get_message(timeout=0.2)
-                if message is not None and message.get("type") == "message":
-                    urls._on_message(message["data"])
+                if message is not None:
+                    if message.get("type") == "message":
+                        urls._on_message(message["data"])
+                    elif message.get("type") == "subscribe":
+                        # redis-py lost the connection and subscribed again by itself: what
+                        # was published in between is lost, so the L1 starts over
+                        urls.clear_local()
                 if time.monotonic() >= next_flush:
                     urls.flush_stats()
                     next_flush = time.monotonic() + self.FLUSH_EVERY

@@ -32,8 +32,7 @@ def signer_tag(signer_name: str) -> bytes:
 
 def encode_entry(entry: Entry, tag: bytes, object_key: str) -> bytes:
     url, expires_at, cache_until = entry
-    head = f"{expires_at} {cache_until} ".encode()
-    return head + tag + b" " + url.encode() + b" " + _key_bytes(object_key)
+    return b"%d %d %b %b %b" % (expires_at, cache_until, tag, url.encode(), _key_bytes(object_key))
 
 
 def match_entry(

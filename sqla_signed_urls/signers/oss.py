@@ -6,7 +6,6 @@ import os
 import time
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from ..exceptions import ConfigurationError, SigningError
 from .base import Signer
@@ -74,24 +73,21 @@ class OSSSigner(Signer):
     def sign(self, object_key: str, *, expires_at: int) -> str:
         if not isinstance(object_key, str) or not object_key.strip():
             raise SigningError("object key must be a non-empty str")
-        if len(object_key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
-            raise SigningError(f"object key is longer than OSS allows ({MAX_KEY_BYTES} bytes)")
         try:
-            object_key.encode("utf-8")
+            size = len(object_key.encode("utf-8"))
         except UnicodeEncodeError as exc:
             raise SigningError("object key is not valid Unicode text") from exc
+        if size > MAX_KEY_BYTES:
+            raise SigningError(f"object key is longer than OSS allows ({MAX_KEY_BYTES} bytes)")
         # oss2 takes a lifetime relative to its own clock; V1 puts the absolute expiry in the
-        # URL, so a second that ticks between the two clock reads is caught and signed again.
+        # URL. When the second has not changed between our two clock reads, oss2 (reading its
+        # clock in between) added the lifetime to the same second; otherwise sign again.
         for _ in range(3):
+            before = int(time.time())
             try:
-                url: str = self.bucket.sign_url("GET", object_key, expires_at - int(time.time()))
+                url: str = self.bucket.sign_url("GET", object_key, expires_at - before)
             except Exception as exc:
                 raise SigningError(f"oss2 could not sign the key: {type(exc).__name__}") from exc
-            if self.version != "v1" or _expires_param(url) == expires_at:
+            if self.version != "v1" or int(time.time()) == before:
                 return url
         return url
-
-
-def _expires_param(url: str) -> int | None:
-    values = parse_qs(urlsplit(url).query).get("Expires")
-    return int(values[0]) if values and values[0].isdigit() else None

@@ -1,0 +1,356 @@
+"""``sqla-signed-urls``: the cache operations from a terminal or a cron job.
+
+::
+
+    sqla-signed-urls --app myapp.cache:service stats
+    sqla-signed-urls --app myapp:create_service warm --file-type avatar --limit 5000
+    sqla-signed-urls --redis-url redis://localhost:6379/1 clear --file-id 123
+    sqla-signed-urls --app myapp.cache:service refresh --within 600   # from cron
+
+Exit status: 0 on success, 2 on bad usage or configuration, 1 with a one-line error when Redis
+or the database cannot be reached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import click
+
+from . import __version__
+from .config import Settings
+from .core import SignedURLs
+from .exceptions import CacheError, ConfigurationError
+from .service import CacheService, RedisOnlySigner
+from .signers.base import Signer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+__all__ = ["main"]
+
+OSS_VARIABLES = ("OSS_ACCESS_KEY_ID", "OSS_ACCESS_KEY_SECRET", "OSS_ENDPOINT", "OSS_BUCKET")
+#: Commands that live in other modules, imported only when asked for.
+LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "demo": ("sqla_signed_urls.demo", "demo_command", "Run the demo workload."),
+}
+
+
+class _Group(click.Group):
+    """A group whose heavier commands are imported only when listed or run."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in LAZY_COMMANDS:
+            return super().get_command(ctx, cmd_name)
+        module_name, attr, summary = LAZY_COMMANDS[cmd_name]
+        try:
+            command = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            return _unavailable(cmd_name, summary, exc)
+        if not isinstance(command, click.Command):
+            return _unavailable(cmd_name, summary, TypeError(f"{attr} is not a click command"))
+        return command
+
+
+def _unavailable(name: str, summary: str, exc: BaseException) -> click.Command:
+    def run() -> None:
+        _fail(f"the {name} command is not available in this installation ({exc})", 1)
+
+    return click.Command(name, callback=run, help=summary, short_help=summary)
+
+
+class _Target:
+    """Where the commands point: an app (``--app``) or a bare Redis (``--redis-url``)."""
+
+    def __init__(self, app: str | None, redis_url: str | None, key_prefix: str | None) -> None:
+        self.app = app
+        self.redis_url = redis_url
+        self.key_prefix = key_prefix
+        self._service: CacheService | None = None
+
+    @property
+    def redis_only(self) -> bool:
+        return self.app is None
+
+    def service(self) -> CacheService:
+        if self._service is None:
+            with _expected_faults():
+                self._service = self._load()
+        return self._service
+
+    def _load(self) -> CacheService:
+        if self.app is not None:
+            if self.redis_url is not None:
+                raise click.UsageError("give either --app or --redis-url, not both")
+            return _coerce(_import_object(self.app), self.app)
+        redis_url = self.redis_url or os.environ.get("REDIS_URL") or None
+        if redis_url is None:
+            raise click.UsageError(
+                "tell me where the cache is: --app MODULE:OBJECT (a CacheService or a "
+                "factory returning one), or --redis-url URL (or set REDIS_URL)"
+            )
+        overrides: dict[str, Any] = {"local_cache_size": 0}
+        if self.key_prefix is not None:
+            overrides["key_prefix"] = self.key_prefix
+        if not os.environ.get("FILE_URL_REDIS_TIMEOUT"):
+            overrides["socket_timeout"] = 5.0  # batch commands, not page views
+        settings, _ = Settings.from_env(**overrides)
+        urls = SignedURLs.from_settings(settings, signer=_signer_from_env(), redis=redis_url)
+        return CacheService(urls)
+
+
+def _signer_from_env() -> Signer:
+    """``OSSSigner.from_env()`` when ``OSS_*`` is set (refresh can then re-sign), else none."""
+    if not all(os.environ.get(name) for name in OSS_VARIABLES):
+        return RedisOnlySigner()
+    from .signers.oss import OSSSigner
+
+    return OSSSigner.from_env()
+
+
+def _import_object(path: str) -> Any:
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise click.BadParameter(f"{path!r}: expected MODULE:OBJECT", param_hint="'--app'")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise click.BadParameter(
+            f"cannot import {module_name!r}: {exc}", param_hint="'--app'"
+        ) from None
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise click.BadParameter(
+                f"module {module_name!r} has no {attr!r}", param_hint="'--app'"
+            ) from None
+    return obj
+
+
+def _coerce(obj: Any, path: str, *, called: bool = False) -> CacheService:
+    """A CacheService from what ``--app`` names (or what its factory returns)."""
+    if isinstance(obj, CacheService):
+        return obj
+    if isinstance(obj, SignedURLs):
+        return CacheService(obj)
+    extensions = getattr(obj, "extensions", None)  # a Flask app using FlaskSignedURLs
+    if isinstance(extensions, dict) and "sqla_signed_urls" in extensions:
+        service = getattr(extensions["sqla_signed_urls"], "service", None)
+        if isinstance(service, CacheService):
+            return service
+    if callable(obj) and not called and not isinstance(obj, type):
+        return _coerce(obj(), path, called=True)
+    raise click.BadParameter(
+        f"{path!r} is a {type(obj).__name__}; expected a CacheService, a SignedURLs or a "
+        "factory returning one",
+        param_hint="'--app'",
+    )
+
+
+class _Unreachable(click.ClickException):
+    exit_code = 1
+
+
+class _Misconfigured(click.ClickException):
+    exit_code = 2
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    kind = _Misconfigured if code == 2 else _Unreachable
+    raise kind(" ".join(message.split()))
+
+
+@contextlib.contextmanager
+def _expected_faults() -> Iterator[None]:
+    """Turn the faults an operator can fix into one-line errors with the right exit status."""
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        yield
+    except CacheError as exc:
+        _fail(str(exc), 1)
+    except DBAPIError as exc:
+        lines = [line.strip() for line in str(exc.orig).splitlines() if line.strip()]
+        _fail(f"database unavailable: {type(exc.orig).__name__}: {lines[0] if lines else ''}", 1)
+    except ConfigurationError as exc:
+        _fail(str(exc), 2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--app",
+    "app",
+    metavar="MODULE:OBJECT",
+    envvar="SQLA_SIGNED_URLS_APP",
+    help="A CacheService, a SignedURLs, a Flask app using FlaskSignedURLs, or a factory "
+    "returning one (env SQLA_SIGNED_URLS_APP).",
+)
+@click.option(
+    "--redis-url",
+    metavar="URL",
+    help="A bare Redis for stats, clear and refresh (default: REDIS_URL).",
+)
+@click.option(
+    "--key-prefix",
+    metavar="PREFIX",
+    envvar="FILE_URL_CACHE_KEY_PREFIX",
+    help="Key prefix with --redis-url (default: file_url:).",
+)
+@click.version_option(__version__, prog_name="sqla-signed-urls")
+@click.pass_context
+def main(
+    ctx: click.Context, app: str | None, redis_url: str | None, key_prefix: str | None
+) -> None:
+    """Inspect and manage the signed-URL cache (the seed's CacheService operations)."""
+    target = _Target(app, redis_url, key_prefix)
+    ctx.obj = target
+
+    def flush() -> None:
+        # Counters this process gathered (signings while warming) join the fleet totals.
+        service = target._service
+        if service is not None:
+            with contextlib.suppress(Exception):
+                service.urls.flush_stats()
+
+    ctx.call_on_close(flush)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object, for scripts.")
+@click.pass_obj
+def stats(target: _Target, as_json: bool) -> None:
+    """Fleet-wide hit ratio, counters, keys and memory."""
+    service = target.service()
+    with _expected_faults():
+        data = service.get_cache_stats()
+    if as_json:
+        click.echo(json.dumps(data, sort_keys=False))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"URL cache {data['key_prefix']} (redis db {data['redis_db']})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in data.items():
+        if name in ("key_prefix", "redis_db"):
+            continue
+        table.add_row(name, _human(name, value))
+    Console().print(table)
+
+
+def _human(name: str, value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if name == "hit_ratio":
+        return f"{value * 100:.1f} %"
+    if name == "memory_used_bytes":
+        size = float(value)
+        for unit in ("B", "KiB", "MiB", "GiB"):
+            if size < 1024 or unit == "GiB":
+                return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+            size /= 1024
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+@main.command()
+@click.option(
+    "--file-id",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Clear one file's URL; without it every key under the prefix.",
+)
+@click.pass_obj
+def clear(target: _Target, file_id: int | None) -> None:
+    """Remove cached URLs (SCAN + UNLINK; other data in the db survives)."""
+    service = target.service()
+    with _expected_faults():
+        count = service.clear_file_url_cache(file_id)
+    noun = "URL" if count == 1 else "URLs"
+    where = f" for file {file_id}" if file_id is not None else ""
+    click.echo(f"Cleared {count} cached {noun}{where}.")
+
+
+@main.command()
+@click.option("--file-type", metavar="TYPE", help="Only rows with this file_type.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Newest rows to warm.",
+)
+@click.pass_obj
+def warm(target: _Target, file_type: str | None, limit: int) -> None:
+    """Sign and cache the newest rows' URLs (needs --app: rows come from the database)."""
+    if target.redis_only:
+        raise click.UsageError("warm reads rows from the database: point me at it with --app")
+    service = target.service()
+    from rich.console import Console
+
+    console = Console()
+    with _expected_faults():
+        if console.is_terminal:
+            count = _warm_with_progress(service, console, file_type, limit)
+        else:
+            count = service.warm_file_url_cache(file_type, limit=limit)
+    noun = "URL" if count == 1 else "URLs"
+    kind = f" of type {file_type}" if file_type else ""
+    click.echo(f"Warmed {count} {noun}{kind}.")
+
+
+def _warm_with_progress(
+    service: CacheService, console: Console, file_type: str | None, limit: int
+) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    total = service._count_warmable(file_type, limit=limit)
+    columns = (
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("warming", total=total)
+        count = service.warm_file_url_cache(
+            file_type, limit=limit, progress=lambda n: progress.advance(task, n)
+        )
+    return count
+
+
+@main.command()
+@click.option(
+    "--within",
+    type=click.IntRange(min=1),
+    default=600,
+    show_default=True,
+    metavar="SECONDS",
+    help="Renew entries whose cache lifetime ends within this many seconds.",
+)
+@click.pass_obj
+def refresh(target: _Target, within: int) -> None:
+    """Renew entries about to expire, so they stay cached another cache_ttl."""
+    service = target.service()
+    with _expected_faults():
+        count = service.refresh_expired_urls(within)
+    noun = "URL" if count == 1 else "URLs"
+    click.echo(f"Refreshed {count} cached {noun} expiring within {within} seconds.")
+    if isinstance(service.urls.signer, RedisOnlySigner):
+        click.echo(
+            "No signer (give --app, or set OSS_*): entries were only extended as far as "
+            "their URLs allow, none re-signed.",
+            err=True,
+        )

@@ -1,0 +1,326 @@
+"""Flask integration: the seed's admin HTTP API and an extension reading ``app.config``.
+
+Needs the ``flask`` extra; the rest of the package never imports Flask.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from flask import Blueprint, Flask, Response, jsonify, request
+from sqlalchemy.exc import DBAPIError
+
+from .config import Settings
+from .core import SignedURLs
+from .exceptions import CacheError, ConfigurationError
+from .service import CacheService, SessionFactory
+from .signers.base import Signer
+
+__all__ = ["EXTENSION_KEY", "FlaskSignedURLs", "admin_blueprint", "init_app"]
+
+log = logging.getLogger("sqla_signed_urls")
+
+#: ``app.extensions`` key the extension stores itself under.
+EXTENSION_KEY = "sqla_signed_urls"
+#: Request bodies larger than this are refused (413) without being parsed.
+MAX_BODY_BYTES = 16 * 1024
+#: Largest ``limit`` one warm request may ask for; use the command line for more.
+MAX_WARM_LIMIT = 100_000
+#: Largest ``within`` a refresh request may ask for (one week).
+MAX_WITHIN = 7 * 24 * 3600
+
+
+class _BadRequest(Exception):
+    def __init__(self, message: str, field: str | None = None, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.status = status
+
+
+def admin_blueprint(
+    service: CacheService,
+    *,
+    token: str | None = None,
+    url_prefix: str = "/api/admin/cache",
+    name: str = "sqla_signed_urls_admin",
+) -> Blueprint:
+    """The seed's four admin endpoints, behind a bearer token.
+
+    ::
+
+        app.register_blueprint(admin_blueprint(service, token=os.environ["ADMIN_TOKEN"]))
+
+    ============================  ===========================  ======================
+    ``GET  <prefix>/stats``       --                           200, the stats
+    ``POST <prefix>/clear``       ``{"file_id": 123}`` or {}   200, ``{"cleared": n}``
+    ``POST <prefix>/warm``        ``{"file_type": "avatar"}``  200, ``{"warmed": n}``
+    ``POST <prefix>/refresh``     ``{"within": 600}`` or {}    200, ``{"refreshed": n}``
+    ============================  ===========================  ======================
+
+    The token is ``token`` or the ``ADMIN_TOKEN`` environment variable; without one this
+    raises :class:`~sqla_signed_urls.ConfigurationError`, so the API is never open by
+    default. A missing or wrong ``Authorization: Bearer <token>`` gives 401; a malformed
+    body, a wrong type or an unknown field gives 400 naming the field, and nothing runs;
+    a ``file_id`` must be a non-negative whole number.
+    Redis or the database being down gives 503. Every error answer is JSON ``{"error": ...}``.
+    """
+    if not isinstance(service, CacheService):
+        raise ConfigurationError(
+            f"admin_blueprint(service=...): expected a CacheService, got {type(service).__name__}"
+        )
+    if token is None:
+        token = os.environ.get("ADMIN_TOKEN")
+    if not isinstance(token, str) or not token.strip():
+        raise ConfigurationError(
+            "admin_blueprint: no admin token; pass token=... or set ADMIN_TOKEN "
+            "(the admin API is never served without one)"
+        )
+    expected = hashlib.sha256(token.encode()).digest()
+    bp = Blueprint(name, __name__, url_prefix=url_prefix)
+
+    @bp.before_request
+    def _authenticate() -> Response | None:
+        header = request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer":
+            given = ""
+        # Equal-length digests make the comparison constant-time whatever was sent.
+        digest = hashlib.sha256(given.strip().encode("utf-8", "surrogateescape")).digest()
+        if given and hmac.compare_digest(digest, expected):
+            return None
+        response = _error(401, "missing or wrong admin token (Authorization: Bearer <token>)")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="cache admin"'
+        return response
+
+    @bp.errorhandler(_BadRequest)
+    def _bad_request(exc: _BadRequest) -> Response:
+        return _error(exc.status, exc.message, field=exc.field)
+
+    @bp.errorhandler(CacheError)
+    def _cache_down(exc: CacheError) -> Response:
+        return _error(503, str(exc))
+
+    @bp.errorhandler(DBAPIError)
+    def _db_down(exc: DBAPIError) -> Response:
+        log.error("cache admin: database error: %s", type(exc.orig).__name__)
+        return _error(503, f"database unavailable: {_db_message(exc)}")
+
+    @bp.errorhandler(ConfigurationError)
+    def _not_configured(exc: ConfigurationError) -> Response:
+        return _error(501, str(exc))
+
+    @bp.get("/stats")
+    def stats() -> Response:
+        return jsonify(service.get_cache_stats())
+
+    @bp.post("/clear")
+    def clear() -> Response:
+        body = _body({"file_id": _file_id})
+        return jsonify(cleared=service.clear_file_url_cache(body.get("file_id")))
+
+    @bp.post("/warm")
+    def warm() -> Response:
+        body = _body({"file_type": _file_type, "limit": _limit})
+        count = service.warm_file_url_cache(body.get("file_type"), limit=body.get("limit", 1000))
+        return jsonify(warmed=count)
+
+    @bp.post("/refresh")
+    def refresh() -> Response:
+        body = _body({"within": _within})
+        return jsonify(refreshed=service.refresh_expired_urls(body.get("within", 600)))
+
+    return bp
+
+
+def _error(status: int, message: str, **extra: Any) -> Response:
+    payload: dict[str, Any] = {"error": message}
+    payload.update({k: v for k, v in extra.items() if v is not None})
+    response = jsonify(payload)
+    response.status_code = status
+    return response
+
+
+def _body(fields: Mapping[str, Callable[[Any], Any]]) -> dict[str, Any]:
+    """The JSON object in the request body (empty body: ``{}``), every field validated."""
+    too_big = _BadRequest(f"request body larger than {MAX_BODY_BYTES} bytes", status=413)
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        raise too_big
+    raw = request.get_data(cache=False)
+    if len(raw) > MAX_BODY_BYTES:
+        raise too_big
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError):
+        raise _BadRequest("request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise _BadRequest("request body must be a JSON object such as {}")
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        allowed = ", ".join(sorted(fields))
+        raise _BadRequest(
+            f"unknown field {unknown[0]!r} (allowed: {allowed})", field=str(unknown[0])
+        )
+    return {name: fields[name](value) for name, value in data.items()}
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _whole(field: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _BadRequest(
+            f"{field} must be a whole number from {low} to {high}, got {json.dumps(value)}",
+            field=field,
+        )
+    return value
+
+
+def _file_id(value: Any) -> int:
+    if value is None:
+        raise _BadRequest(
+            "file_id must be a whole number; leave it out to clear every key", field="file_id"
+        )
+    return _whole("file_id", value, 0, 2**63 - 1)
+
+
+def _file_type(value: Any) -> str:
+    if (
+        not isinstance(value, str)
+        or not value
+        or len(value) > 64
+        or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value)
+    ):
+        raise _BadRequest(
+            "file_type must be a non-empty string of at most 64 printable characters",
+            field="file_type",
+        )
+    return value
+
+
+def _limit(value: Any) -> int:
+    return _whole("limit", value, 1, MAX_WARM_LIMIT)
+
+
+def _within(value: Any) -> int:
+    return _whole("within", value, 1, MAX_WITHIN)
+
+
+def _db_message(exc: DBAPIError) -> str:
+    # str(exc) carries the SQL and its parameters; the driver's first line is enough.
+    lines = [line.strip() for line in str(exc.orig).splitlines() if line.strip()]
+    return f"{type(exc.orig).__name__}: {lines[0] if lines else 'error'}"
+
+
+class FlaskSignedURLs:
+    """Flask extension: builds :class:`SignedURLs` and a :class:`CacheService` from
+    ``app.config`` (the seed's names) and can serve the admin API.
+
+    ::
+
+        signed_urls = FlaskSignedURLs(
+            signer=OSSSigner(bucket), base=Base, session_factory=db.session, model=File,
+            admin=True,
+        )
+        signed_urls.init_app(app)          # or FlaskSignedURLs(app, ...)
+        signed_urls.urls                   # the SignedURLs; File.url works now
+        app.extensions["sqla_signed_urls"] is signed_urls
+
+    Read from ``app.config``: ``REDIS_URL``, ``FILE_URL_CACHE_TIMEOUT`` (cache_ttl),
+    ``FILE_URL_CACHE_KEY_PREFIX``, ``FILE_URL_EXPIRES`` (url_ttl),
+    ``FILE_URL_LOCAL_CACHE_SIZE``, ``FILE_URL_REDIS_TIMEOUT``, and with ``admin=True``
+    ``ADMIN_TOKEN``. Without a ``signer`` an ``OSSSigner`` is built from ``OSS_*`` keys in
+    ``app.config`` or the environment. One extension object serves one app; registering on an
+    app twice raises :class:`~sqla_signed_urls.ConfigurationError`.
+    """
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        signer: Signer | None = None,
+        base: Any = None,
+        session_factory: SessionFactory | None = None,
+        model: type[Any] | None = None,
+        admin: bool = False,
+        admin_token: str | None = None,
+        admin_url_prefix: str = "/api/admin/cache",
+    ) -> None:
+        self._signer = signer
+        self._base = base
+        self._session_factory = session_factory
+        self._model = model
+        self._admin = admin
+        self._admin_token = admin_token
+        self._admin_url_prefix = admin_url_prefix
+        self._urls: SignedURLs | None = None
+        self._service: CacheService | None = None
+        self.app: Flask | None = None
+        if app is not None:
+            self.init_app(app)
+
+    def __repr__(self) -> str:
+        app = self.app.name if self.app is not None else None
+        return f"FlaskSignedURLs(app={app!r})"
+
+    @property
+    def urls(self) -> SignedURLs:
+        """The :class:`SignedURLs` built by :meth:`init_app`."""
+        if self._urls is None:
+            raise ConfigurationError("FlaskSignedURLs: call init_app(app) first")
+        return self._urls
+
+    @property
+    def service(self) -> CacheService:
+        """The :class:`CacheService` built by :meth:`init_app`."""
+        if self._service is None:
+            raise ConfigurationError("FlaskSignedURLs: call init_app(app) first")
+        return self._service
+
+    def init_app(self, app: Flask) -> None:
+        """Build everything from ``app.config`` and register under ``app.extensions``."""
+        if EXTENSION_KEY in app.extensions:
+            raise ConfigurationError(
+                f"sqla_signed_urls is already registered on app {app.name!r}; "
+                "call init_app once per app"
+            )
+        if self.app is not None:
+            raise ConfigurationError(
+                f"this FlaskSignedURLs already serves app {self.app.name!r}; "
+                "create one FlaskSignedURLs per app"
+            )
+        settings, redis_url = Settings.from_mapping(app.config)
+        signer = self._signer if self._signer is not None else _oss_signer(app.config)
+        urls = SignedURLs.from_settings(settings, signer=signer, redis=redis_url)
+        if self._base is not None:
+            urls.install(self._base)
+        service = CacheService(urls, session_factory=self._session_factory, model=self._model)
+        if self._admin:
+            token = self._admin_token or app.config.get("ADMIN_TOKEN") or None
+            app.register_blueprint(
+                admin_blueprint(service, token=token, url_prefix=self._admin_url_prefix)
+            )
+        self._urls, self._service, self.app = urls, service, app
+        app.extensions[EXTENSION_KEY] = self
+
+
+def init_app(app: Flask, **options: Any) -> FlaskSignedURLs:
+    """``FlaskSignedURLs(app, **options)``: one call for apps without a factory."""
+    return FlaskSignedURLs(app, **options)
+
+
+def _oss_signer(config: Mapping[str, Any]) -> Signer:
+    from .signers.oss import OSSSigner
+
+    environ = dict(os.environ)
+    environ.update({k: str(v) for k, v in config.items() if k.startswith("OSS_") and v})
+    return OSSSigner.from_env(environ)
