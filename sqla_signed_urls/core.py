@@ -31,6 +31,8 @@ log = logging.getLogger("sqla_signed_urls")
 _DEBUG = logging.DEBUG
 _time = time.time
 _MISSING: Any = object()
+#: Seconds a concurrent miss waits for the signing already under way before signing itself.
+_FLIGHT_WAIT = 10.0
 #: A queued cache write: key, encoded value, TTL, end of cache lifetime, id for the log line.
 _Write = tuple[str, bytes, int, int, str]
 
@@ -349,7 +351,7 @@ class SignedURLs:
                 flight = self._flights[key] = _Flight(object_key)
         assert flight is not None
         if not leader:
-            flight.done.wait(self.settings.socket_timeout * 4 + 1.0)
+            flight.done.wait(_FLIGHT_WAIT)
             if flight.url is not None:
                 return flight.url
         try:
@@ -375,26 +377,29 @@ class SignedURLs:
         results: list[str | None] = [None] * len(objects)
         # key -> (spec, object_key, indexes of the objects that share it)
         wanted: dict[str, tuple[URLSpec, str, list[int]]] = {}
-        specs: dict[type, URLSpec] = {}
         hits: dict[URLSpec, list[str]] = {}
-        local = self._local if self._local_live else None
+        local_get = self._local.get if self._local is not None and self._local_live else None
         now = _time()
+        cls: type | None = None
         for i, obj in enumerate(objects):
-            cls = type(obj)
-            spec = specs.get(cls)
-            if spec is None:
-                spec = specs[cls] = self._spec(cls, attr)
-            object_key = obj.__dict__.get(spec.column, _MISSING)
+            if type(obj) is not cls:  # once per run of one class, not once per row
+                cls = type(obj)
+                spec = self._spec(cls, attr)
+                column, key_for, prefix = spec.column, spec.key_for, spec.prefix
+                pk_name = spec.pk_attrs[0] if len(spec.pk_attrs) == 1 else None
+            d = obj.__dict__
+            object_key = d.get(column, _MISSING)
             if object_key is _MISSING:
-                object_key = getattr(obj, spec.column)
+                object_key = getattr(obj, column)
             if not object_key:
                 continue
-            key = spec.key_for(obj)
+            pk = d.get(pk_name) if pk_name is not None else None
+            key = prefix + str(pk) if type(pk) is int else key_for(obj)
             if key is None:
                 results[i] = self._sign_uncached(spec, obj, object_key)
                 continue
-            if local is not None:
-                held = local.get(key)
+            if local_get is not None:
+                held = local_get(key)
                 if held is not None and held[0] == object_key and held[2] > now:
                     results[i] = held[1]
                     hits.setdefault(spec, []).append(key)
