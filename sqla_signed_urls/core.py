@@ -322,6 +322,11 @@ class SignedURLs:
                 return entry[1]
         return self._lookup(spec, key, object_key)
 
+    def _url_is_for(self, url: str, object_key: str) -> bool:
+        """Whether a cached ``url`` is one the signer makes for ``object_key`` (its prefix)."""
+        prefix = self.signer.url_prefix(object_key)
+        return prefix is None or url.startswith(prefix)
+
     def _lookup(self, spec: URLSpec, key: str, object_key: str) -> str | None:
         store = self._store_if_up()
         if store is not None:
@@ -334,7 +339,7 @@ class SignedURLs:
                 if self._outage:
                     self._cache_ok()
                 entry = match_entry(raw, self._tag, object_key, _time(), self._min_validity)
-                if entry is not None:
+                if entry is not None and self._url_is_for(entry[0], object_key):
                     if self._local is not None:
                         self._remember([(key, object_key, entry)])
                     self.stats.hits += 1
@@ -430,13 +435,14 @@ class SignedURLs:
             else:
                 self._cache_ok()
         tag, min_validity, now = self._tag, self._min_validity, _time()
+        url_is_for = self._url_is_for
         hits: dict[URLSpec, list[str]] = {}
         found: list[tuple[str, str, Entry]] = []
         to_sign: dict[URLSpec, list[tuple[str, str]]] = {}
         for key, raw in zip(keys, raws or [None] * len(keys), strict=True):
             spec, object_key, indexes = wanted[key]
             entry = match_entry(raw, tag, object_key, now, min_validity)
-            if entry is None:
+            if entry is None or not url_is_for(entry[0], object_key):
                 to_sign.setdefault(spec, []).append((key, object_key))
                 continue
             found.append((key, object_key, entry))

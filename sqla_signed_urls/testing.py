@@ -103,6 +103,11 @@ class FakeSigner(Signer):
         self.fail_with: Exception | None = None
         self._lock = threading.Lock()
 
+    def url_prefix(self, object_key: str) -> str:
+        from urllib.parse import quote
+
+        return f"https://files.test/{quote(object_key, safe='/')}?"
+
     def sign(self, object_key: str, *, expires_at: int) -> str:
         from urllib.parse import quote
 

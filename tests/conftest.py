@@ -21,6 +21,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from sqla_signed_urls import ObjectKey, SignedURLs
 from sqla_signed_urls.testing import CountingRedis, FakeSigner
 
+pytest_plugins = ["tests.log_hygiene_plugin"]
+
 RUN_ID = uuid.uuid4().hex[:8]
 REDIS_URL = os.environ.get("REDIS_URL") or None
 DATABASE_URL = os.environ.get("DATABASE_URL") or None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -9,17 +10,39 @@ from urllib.parse import urlsplit
 from ..exceptions import ConfigurationError
 from .base import SharedStore
 
-__all__ = ["RedisStore", "client_from_url"]
+__all__ = ["LazyRedisCluster", "RedisStore", "client_from_url", "redact_url"]
 
 _SCHEMES = ("redis", "rediss", "unix")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its user name and password (everything before the last ``@``) hidden."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    if "@" in rest:
+        rest = "***@" + rest.rpartition("@")[2]
+    return f"{scheme}{sep}{rest}"
+
+
+def _invalid(setting: str, url: str, exc: Exception) -> ConfigurationError:
+    """A configuration error about ``url`` that never quotes its credentials.
+
+    urllib's own messages may quote part of a password (``'a/b'`` splits the netloc), so they
+    are shown only when the URL has no credentials at all.
+    """
+    shown = redact_url(url)
+    detail = str(exc) if shown == url else "check the credentials are percent-encoded"
+    return ConfigurationError(f"{setting}: {shown!r} is not a valid Redis URL ({detail})")
 
 
 def client_from_url(url: str, *, socket_timeout: float, setting: str = "redis") -> Any:
     """Build a redis-py client for ``url`` without connecting.
 
     Timeouts are short and retries few on purpose: a URL cache must fail fast and fall back to
-    signing rather than hold up a page. ``?cluster=true`` builds a ``RedisCluster``. Pass a
-    ready client to ``SignedURLs(redis=...)`` to choose other settings.
+    signing rather than hold up a page. ``?cluster=true`` builds a ``RedisCluster`` (on first
+    use: its constructor connects). Pass a ready client to ``SignedURLs(redis=...)`` to choose
+    other settings. Error messages never quote the URL's credentials.
     """
     import redis
     from redis.backoff import NoBackoff
@@ -30,11 +53,14 @@ def client_from_url(url: str, *, socket_timeout: float, setting: str = "redis") 
             f"{setting}: expected a redis:// URL, a redis-py client or None, "
             f"got {type(url).__name__}"
         )
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise _invalid(setting, url, exc) from None
     if parts.scheme not in _SCHEMES:
+        shown = parts.scheme + "://" if parts.scheme else redact_url(url)
         raise ConfigurationError(
-            f"{setting}: unsupported URL scheme {parts.scheme + '://' if parts.scheme else url!r}"
-            "; use redis://, rediss:// or unix://"
+            f"{setting}: unsupported URL scheme {shown!r}; use redis://, rediss:// or unix://"
         )
     options: dict[str, Any] = {
         "socket_timeout": socket_timeout,
@@ -47,16 +73,63 @@ def client_from_url(url: str, *, socket_timeout: float, setting: str = "redis") 
     }
     query = dict(part.split("=", 1) for part in parts.query.split("&") if "=" in part)
     if query.get("cluster", "").lower() in ("1", "true", "yes"):
-        from redis.cluster import RedisCluster
+        from redis.connection import parse_url
 
         rest = "&".join(f"{k}={v}" for k, v in query.items() if k != "cluster")
         plain = parts._replace(query=rest).geturl()
+        try:
+            parsed: dict[str, Any] = parse_url(plain)  # type: ignore[no-untyped-call]
+        except ValueError as exc:
+            raise _invalid(setting, url, exc) from None
+        if parsed.pop("db", 0) != 0:
+            raise ConfigurationError(
+                f"{setting}: a Redis Cluster has no db index other than 0; give each "
+                "environment its own key_prefix instead"
+            )
         options.pop("retry_on_timeout")
-        return RedisCluster.from_url(plain, **options)
+        return LazyRedisCluster({**options, **parsed}, redact_url(plain))
     try:
         return redis.Redis.from_url(url, **options)
     except ValueError as exc:
-        raise ConfigurationError(f"{setting}: {exc}") from None
+        raise _invalid(setting, url, exc) from None
+
+
+class LazyRedisCluster:
+    """A ``RedisCluster`` built on first use, for ``redis://...?cluster=true`` URLs.
+
+    ``RedisCluster()`` connects in its constructor to learn the slot map, so building it when
+    ``SignedURLs`` is constructed would fail while the cluster is down. Until a build succeeds,
+    every use tries again and raises the connection error, which the circuit breaker handles.
+    """
+
+    def __init__(self, options: dict[str, Any], shown_url: str) -> None:
+        self._options = options
+        self._shown_url = shown_url
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> Any:
+        """The ``RedisCluster`` (built, and so connected, on the first call)."""
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    from redis.cluster import RedisCluster
+
+                    # Not RedisCluster.from_url(): with it, close() leaves one socket per
+                    # master open until garbage collection (redis-py 8.1).
+                    self._client = RedisCluster(**self._options)
+        return self._client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    def __repr__(self) -> str:
+        return f"LazyRedisCluster({self._shown_url!r})"
 
 
 def is_cluster(client: Any) -> bool:
@@ -64,7 +137,7 @@ def is_cluster(client: Any) -> bool:
         from redis.cluster import RedisCluster
     except ImportError:  # pragma: no cover - redis-py always has it
         return False
-    return isinstance(client, RedisCluster)
+    return isinstance(client, (RedisCluster, LazyRedisCluster))
 
 
 class RedisStore(SharedStore):
@@ -86,7 +159,14 @@ class RedisStore(SharedStore):
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | str | None]:
         if len(keys) == 1:
-            return [self.client.get(keys[0])]
+            try:
+                return [self.client.get(keys[0])]
+            except Exception as exc:
+                # Another kind of value under our key (MGET answers nil for those): a miss,
+                # which the write then replaces; not a reason to call Redis down.
+                if str(exc).startswith("WRONGTYPE"):
+                    return [None]
+                raise
         if self.cluster:
             return list(self.client.mget_nonatomic(keys))
         return list(self.client.mget(keys))

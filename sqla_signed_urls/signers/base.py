@@ -34,3 +34,12 @@ class Signer(abc.ABC):
 
         Raise :class:`~sqla_signed_urls.exceptions.SigningError` when the key cannot be signed.
         """
+
+    def url_prefix(self, object_key: str) -> str | None:
+        """How every URL this signer makes for ``object_key`` begins (scheme, host, path and
+        the ``?``), or ``None`` when that cannot be told.
+
+        A cached URL that does not begin with it is never served, so a value forged or
+        corrupted in Redis cannot send a page to another object or another host.
+        """
+        return None

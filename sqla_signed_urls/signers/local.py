@@ -20,6 +20,10 @@ def check_object_key(object_key: str) -> None:
         raise SigningError("object key must be a non-empty str")
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in object_key):
         raise SigningError("object key contains a control character")
+    try:
+        object_key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SigningError("object key is not valid Unicode text") from None
     if any(part in ("", ".", "..") for part in object_key.split("/")):
         raise SigningError(
             "object key has an empty, '.' or '..' path segment "
@@ -64,6 +68,9 @@ class LocalSigner(Signer):
         message = f"{object_key}\n{expires_at}".encode()
         digest = hmac.new(self._secret, message, hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+    def url_prefix(self, object_key: str) -> str:
+        return f"{self.base_url}/{quote(object_key, safe='/')}?"
 
     def sign(self, object_key: str, *, expires_at: int) -> str:
         check_object_key(object_key)

@@ -6,6 +6,7 @@ import os
 import time
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote
 
 from ..exceptions import ConfigurationError, SigningError
 from .base import Signer
@@ -38,6 +39,10 @@ class OSSSigner(Signer):
         self.bucket = bucket
         self.version = str(bucket.auth.auth_version())
         self.name = f"oss:{bucket.bucket_name}@{getattr(bucket, 'endpoint', '')}"
+        try:  # scheme, host and, for path-style endpoints, the bucket: "https://b.host/"
+            self._url_base: str | None = str(bucket._make_url(bucket.bucket_name, ""))
+        except Exception:
+            self._url_base = None
         if self.version == "v4":
             self.max_url_ttl = V4_MAX_URL_TTL
             self.stable = False
@@ -70,9 +75,18 @@ class OSSSigner(Signer):
             auth = oss2.make_auth(key_id, secret, version)
         return cls(oss2.Bucket(auth, env["OSS_ENDPOINT"], env["OSS_BUCKET"], region=region))
 
+    def url_prefix(self, object_key: str) -> str | None:
+        if self._url_base is None:
+            return None
+        return f"{self._url_base}{quote(object_key, safe='')}?"
+
     def sign(self, object_key: str, *, expires_at: int) -> str:
         if not isinstance(object_key, str) or not object_key.strip():
             raise SigningError("object key must be a non-empty str")
+        if object_key in (".", ".."):
+            raise SigningError(
+                "object key '.' or '..' gives a URL path browsers rewrite (to the bucket root)"
+            )
         try:
             size = len(object_key.encode("utf-8"))
         except UnicodeEncodeError as exc:
