@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) examples/quickstart.py
+	$(VENV)/bin/sqla-signed-urls demo
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
