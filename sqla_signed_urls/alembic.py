@@ -47,18 +47,9 @@ def render_object_key(key_type: ObjectKey, autogen_context: AutogenContext | Non
     >>> render_object_key(ObjectKey(512, url_attr="thumb_url"))
     "sqla_signed_urls.ObjectKey(length=512, url_attr='thumb_url')"
     """
-    args: list[str] = []
-    if key_type.length is not None:
-        args.append(f"length={key_type.length!r}")
-    if key_type.url_attr != "url":
-        args.append(f"url_attr={key_type.url_attr!r}")
-    if key_type.namespace is not None:
-        args.append(f"namespace={key_type.namespace!r}")
-    if key_type.collation is not None:
-        args.append(f"collation={key_type.collation!r}")
     if autogen_context is not None and autogen_context.imports is not None:
         autogen_context.imports.add(IMPORT)
-    return f"sqla_signed_urls.ObjectKey({', '.join(args)})"
+    return f"sqla_signed_urls.{key_type!r}"  # ObjectKey's repr spells out its arguments
 
 
 def render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | Literal[False]:
