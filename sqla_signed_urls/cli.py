@@ -241,14 +241,20 @@ def stats(target: _Target, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"URL cache {data['key_prefix']} (redis db {data['redis_db']})")
+    console = Console()
+    console.print(
+        f"URL cache {data['key_prefix']!r} on Redis db {data['redis_db']}",
+        markup=False,
+        highlight=False,
+    )
+    table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in data.items():
         if name in ("key_prefix", "redis_db"):
             continue
         table.add_row(name, _human(name, value))
-    Console().print(table)
+    console.print(table)
 
 
 def _human(name: str, value: Any) -> str:
@@ -280,7 +286,7 @@ def clear(target: _Target, file_id: int | None) -> None:
         count = service.clear_file_url_cache(file_id)
     noun = "URL" if count == 1 else "URLs"
     where = f" for file {file_id}" if file_id is not None else ""
-    click.echo(f"Cleared {count} cached {noun}{where}.")
+    click.echo(f"Cleared {count:,} cached {noun}{where}.")
 
 
 @main.command()
@@ -308,7 +314,7 @@ def warm(target: _Target, file_type: str | None, limit: int) -> None:
             count = service.warm_file_url_cache(file_type, limit=limit)
     noun = "URL" if count == 1 else "URLs"
     kind = f" of type {file_type}" if file_type else ""
-    click.echo(f"Warmed {count} {noun}{kind}.")
+    click.echo(f"Warmed {count:,} {noun}{kind}.")
 
 
 def _warm_with_progress(
@@ -347,7 +353,7 @@ def refresh(target: _Target, within: int) -> None:
     with _expected_faults():
         count = service.refresh_expired_urls(within)
     noun = "URL" if count == 1 else "URLs"
-    click.echo(f"Refreshed {count} cached {noun} expiring within {within} seconds.")
+    click.echo(f"Refreshed {count:,} cached {noun} expiring within {within:,} seconds.")
     if isinstance(service.urls.signer, RedisOnlySigner):
         click.echo(
             "No signer (give --app, or set OSS_*): entries were only extended as far as "

@@ -64,6 +64,11 @@ class Stats:
         self._flushed = now
         return deltas
 
+    def pending(self) -> dict[str, int]:
+        """Counts not yet added to the fleet-wide totals (read-only)."""
+        flushed = self._flushed
+        return {k: v - flushed[k] for k, v in self.as_dict().items()}
+
     def restore_deltas(self, deltas: Mapping[str, int]) -> None:
         """Give back deltas that could not be written, so they are sent next time."""
         for name, delta in deltas.items():
@@ -206,6 +211,7 @@ class SignedURLs:
         self._unsent_invalidations: set[str] = set()
         self._background: _Background | None = None
         self._background_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
         self._installation: Installation | None = None
         _instances.add(self)
 
@@ -671,16 +677,23 @@ class SignedURLs:
 
     def flush_stats(self) -> None:
         """Add this process's counters to the fleet-wide totals in Redis now."""
-        deltas = self.stats.take_deltas()
-        if not deltas:
-            return
-        store = self.store
-        try:
-            if isinstance(store, RedisStore):
-                store.add_counters(deltas)
-        except Exception:
-            self.stats.restore_deltas(deltas)
-            raise
+        with self._flush_lock:  # the background thread flushes too: never count twice
+            deltas = self.stats.take_deltas()
+            if not deltas:
+                return
+            try:
+                if isinstance(self.store, RedisStore):
+                    self.store.add_counters(deltas)
+            except Exception:
+                self.stats.restore_deltas(deltas)
+                raise
+
+    def fleet_counters(self) -> dict[str, int]:
+        """Fleet-wide totals for this key prefix, this process's unflushed counts included."""
+        with self._flush_lock:
+            totals = self.store.read_counters() if isinstance(self.store, RedisStore) else {}
+            pending = self.stats.pending()
+        return {name: totals.get(name, 0) + pending[name] for name in COUNTERS}
 
     def close(self) -> None:
         """Stop the background thread (flushing counters first) and drop the L1."""
@@ -693,6 +706,7 @@ class SignedURLs:
     def _forked(self) -> None:
         self._background = None
         self._background_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
         self._flights_lock = threading.Lock()
         self._flights = {}
         self._local_live = False

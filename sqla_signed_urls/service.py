@@ -24,7 +24,7 @@ from . import signals
 from ._keys import pk_part
 from .cache.base import MAX_VALUE_BYTES, encode_entry, match_entry, signer_tag
 from .cache.redis import RedisStore
-from .core import COUNTERS, SignedURLs, Stats, URLSpec
+from .core import SignedURLs, URLSpec
 from .exceptions import CacheError, ConfigurationError, SigningError
 from .signers.base import Signer
 
@@ -262,11 +262,11 @@ class CacheService:
             raws = store.get_many([key for key, _ in items])
         now = time.time()
         tag, min_validity = self._tag, self.urls.settings.min_validity
-        to_sign = [
-            item
-            for item, raw in zip(items, raws, strict=True)
-            if match_entry(raw, tag, item[1], now, min_validity) is None
-        ]
+        to_sign: list[tuple[str, str]] = []
+        for item, raw in zip(items, raws, strict=True):
+            entry = match_entry(raw, tag, item[1], now, min_validity)
+            if entry is None or not self._url_is_for(entry[0], item[1]):
+                to_sign.append(item)
         writes = self._sign(to_sign, {key: spec for key, _ in to_sign})
         if writes:
             with self._redis("warming the cache"):
@@ -288,19 +288,10 @@ class CacheService:
         """
         store = self._store
         now = int(time.time())
-        stats = self.urls.stats
         with self._redis("reading statistics"):
-            for _ in range(3):
-                # A flush between reading our pending counts and the hash would count them
-                # twice (or not at all): read again when one happened.
-                before = getattr(stats, "_flushed", None)
-                pending = _unflushed(stats)
-                fleet = store.read_counters()
-                if getattr(stats, "_flushed", None) is before:
-                    break
+            counters = self.urls.fleet_counters()
             keys = int(store.client.zcount(store.expiry_key, f"({now}", "+inf"))
         memory = self._memory_used()
-        counters = {name: fleet.get(name, 0) + pending.get(name, 0) for name in COUNTERS}
         lookups = counters["hits"] + counters["misses"]
         return {
             "hits": counters["hits"],
@@ -347,8 +338,9 @@ class CacheService:
         Renewed entries stay cached about another ``cache_ttl`` under the same keys, so pages
         keep being served from the cache. An entry whose URL is still valid long enough is
         extended as it is (a URL is never served with less than ``url_ttl - cache_ttl`` left);
-        the others are re-signed for the object key stored in them. Entries signed by another
-        signer (another bucket) are only extended as far as their URLs allow.
+        the others are re-signed for the object key stored in them, as is a value whose URL is
+        not one the signer makes for that key. Entries signed by another signer (another
+        bucket) are only extended as far as their URLs allow.
 
         The work is found through the expiry index (``ZRANGEBYSCORE``), so its cost grows with
         the number of entries refreshed, not the number cached. Entries deleted meanwhile (a
@@ -420,9 +412,14 @@ class CacheService:
             if value is None:
                 gone.append(key)  # expired, deleted, or not one of ours
                 continue
+            ours = value.tag == self._tag
+            if ours and not self._url_is_for(value.url, value.object_key):
+                if can_sign:  # not a URL this signer makes for the key: never extend it
+                    to_sign.append((key, value.object_key))
+                continue
             stretched = min(value.expires_at - settings.min_validity, latest_allowed)
             longer = stretched > value.cache_until and stretched > now
-            if value.tag == self._tag and can_sign and not (longer and stretched >= as_good):
+            if ours and can_sign and not (longer and stretched >= as_good):
                 to_sign.append((key, value.object_key))
             elif longer:
                 renewed = (value.url, value.expires_at, stretched)
@@ -487,6 +484,11 @@ class CacheService:
             for cls, keys in signed.items():
                 signals.url_signed.send(cls, keys=keys)
         return writes
+
+    def _url_is_for(self, url: str, object_key: str) -> bool:
+        """Whether ``url`` begins as the signer's URLs for ``object_key`` do (as reads check)."""
+        prefix = self.urls.signer.url_prefix(object_key)
+        return prefix is None or url.startswith(prefix)
 
     def _specs_for(self, items: list[tuple[str, str]]) -> dict[str, URLSpec]:
         """The installed URL spec each cache key belongs to, where one does."""
@@ -603,14 +605,6 @@ def _release(factory: SessionFactory, session: Session) -> None:
     """Close sessions we opened; leave a ``scoped_session``'s to whoever owns its scope."""
     if not isinstance(factory, scoped_session):
         session.close()
-
-
-def _unflushed(stats: Stats) -> dict[str, int]:
-    """This process's counts not yet added to the fleet-wide hash (read-only)."""
-    flushed = getattr(stats, "_flushed", None)
-    if not isinstance(flushed, dict):
-        return {}
-    return {name: value - flushed.get(name, 0) for name, value in stats.as_dict().items()}
 
 
 def _redis_db(client: Any) -> int:

@@ -1,0 +1,349 @@
+"""Issue 4: the ``sqla-signed-urls`` command: output, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+from click.testing import CliRunner, Result
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from sqla_signed_urls import CacheService, SignedURLs, cli
+from sqla_signed_urls.cache.base import encode_entry, signer_tag
+from sqla_signed_urls.cli import main
+
+from .conftest import File
+
+SCRIPT = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "sqla-signed-urls"
+UNREACHABLE = "redis://127.0.0.1:1/0"
+
+# What --app points at: the test's service (set by the fixture below).
+_current: dict[str, Any] = {}
+NOT_A_SERVICE = "just a string"
+
+
+def current_service() -> CacheService:
+    service: CacheService = _current["service"]
+    return service
+
+
+def current_urls() -> SignedURLs:
+    urls: SignedURLs = _current["service"].urls
+    return urls
+
+
+def current_flask_app() -> Any:
+    return _current["flask_app"]
+
+
+def broken_service() -> CacheService:
+    service: CacheService = _current["broken"]
+    return service
+
+
+@pytest.fixture
+def service(urls: SignedURLs, db: sessionmaker[Session]) -> Iterator[CacheService]:
+    svc = CacheService(urls, session_factory=db, model=File)
+    _current["service"] = svc
+    yield svc
+    _current.clear()
+
+
+@pytest.fixture
+def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    for name in ("SQLA_SIGNED_URLS_APP", "FILE_URL_CACHE_KEY_PREFIX"):
+        monkeypatch.delenv(name, raising=False)
+    return CliRunner()
+
+
+APP = ["--app", "tests.test_cli:current_service"]
+
+
+def run(runner: CliRunner, *args: str, env: dict[str, str] | None = None) -> Result:
+    return runner.invoke(main, list(args), env=env, catch_exceptions=False)
+
+
+def add_files(db: sessionmaker[Session], *keys: str, file_type: str = "attachment") -> list[int]:
+    with db() as session:
+        files = [File(object_key=key, file_type=file_type) for key in keys]
+        session.add_all(files)
+        session.commit()
+        return [f.id for f in files]
+
+
+def cache(urls: SignedURLs, db: sessionmaker[Session], ids: list[int]) -> None:
+    with db() as session:
+        urls.resolve([session.get(File, i) for i in ids])
+
+
+def assert_one_line_error(result: Result, code: int, fragment: str) -> None:
+    assert result.exit_code == code, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: ") and fragment in lines[0]
+    assert "Traceback" not in result.output
+
+
+# -- the commands --------------------------------------------------------------------------
+
+
+def test_stats_table_and_json(
+    runner: CliRunner, service: CacheService, urls: SignedURLs, db: Any
+) -> None:
+    ids = add_files(db, "a.png", "b.png")
+    cache(urls, db, ids)
+    cache(urls, db, ids)
+
+    table = run(runner, *APP, "stats")
+    assert table.exit_code == 0
+    assert "hit_ratio" in table.stdout and "50.0 %" in table.stdout
+    assert "keys" in table.stdout
+
+    as_json = run(runner, *APP, "stats", "--json")
+    assert as_json.exit_code == 0
+    data = json.loads(as_json.stdout)
+    assert (data["hits"], data["misses"], data["keys"]) == (2, 2, 2)
+
+
+def test_clear_one_and_all(
+    runner: CliRunner, service: CacheService, urls: SignedURLs, db: Any
+) -> None:
+    ids = add_files(db, "a.png", "b.png", "c.png")
+    cache(urls, db, ids)
+
+    one = run(runner, *APP, "clear", "--file-id", str(ids[0]))
+    assert one.exit_code == 0
+    assert one.stdout.strip() == f"Cleared 1 cached URL for file {ids[0]}."
+    rest = run(runner, *APP, "clear")
+    assert rest.stdout.strip() == "Cleared 2 cached URLs."
+    assert service.count_keys() == 0
+
+
+def test_warm_without_a_terminal_prints_the_count(
+    runner: CliRunner, service: CacheService, db: Any
+) -> None:
+    add_files(db, "a1", "a2", "a3", file_type="avatar")
+    add_files(db, "p1", file_type="post")
+
+    result = run(runner, *APP, "warm", "--file-type", "avatar", "--limit", "2")
+
+    assert result.exit_code == 0
+    assert result.stdout.strip() == "Warmed 2 URLs of type avatar."
+    assert service.get_cache_stats()["keys"] == 2
+
+
+def test_warm_on_a_terminal_shows_progress(
+    runner: CliRunner, service: CacheService, db: Any
+) -> None:
+    add_files(db, *(f"k{i}" for i in range(7)))
+    service.batch_size = 3
+
+    result = run(runner, *APP, "warm", env={"FORCE_COLOR": "1", "TTY_COMPATIBLE": "1"})
+
+    assert result.exit_code == 0
+    assert "\x1b[" in result.stdout  # the bar drew (and erased) itself
+    assert "Warmed 7 URLs." in result.stdout
+    assert service.get_cache_stats()["keys"] == 7
+
+
+def test_refresh(runner: CliRunner, service: CacheService, urls: SignedURLs) -> None:
+    now = int(time.time())
+    key = f"{urls.settings.key_prefix}4"
+    value = encode_entry(
+        ("https://files.test/a?sig=old", now + 60 + urls.settings.min_validity, now + 60),
+        signer_tag(urls.signer.name),
+        "a",
+    )
+    urls.redis.set(key, value, ex=60)
+    urls.redis.zadd(f"{urls.settings.key_prefix}#expiry", {key: now + 60})
+
+    result = run(runner, *APP, "refresh", "--within", "600")
+
+    assert result.exit_code == 0
+    assert result.stdout.strip() == "Refreshed 1 cached URL expiring within 600 seconds."
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["clear", "--file-id", "-1"],
+        ["clear", "--file-id", "abc"],
+        ["warm", "--limit", "0"],
+        ["refresh", "--within", "0"],
+        ["stats", "--bogus"],
+        ["nosuchcommand"],
+    ],
+)
+def test_bad_usage_exits_2(runner: CliRunner, service: CacheService, args: list[str]) -> None:
+    result = runner.invoke(main, [*APP, *args])
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+
+
+# -- pointing at the cache -----------------------------------------------------------------
+
+
+def test_app_may_name_a_factory_of_signed_urls_or_a_flask_app(
+    runner: CliRunner, service: CacheService, urls: SignedURLs
+) -> None:
+    result = run(runner, "--app", "tests.test_cli:current_urls", "stats", "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["keys"] == 0
+
+    from flask import Flask
+
+    from sqla_signed_urls.flask import FlaskSignedURLs
+    from sqla_signed_urls.testing import FakeSigner
+
+    app = Flask(__name__)
+    app.config["FILE_URL_CACHE_KEY_PREFIX"] = urls.settings.key_prefix
+    ext = FlaskSignedURLs(app, signer=FakeSigner())
+    _current["flask_app"] = app
+    try:
+        result = run(runner, "--app", "tests.test_cli:current_flask_app", "stats", "--json")
+        assert result.exit_code == 0 and "hit_ratio" in json.loads(result.stdout)
+    finally:
+        ext.urls.close()
+
+
+@pytest.mark.parametrize(
+    ("app", "fragment"),
+    [
+        ("no_such_module_here:x", "cannot import"),
+        ("tests.test_cli:nothing_here", "has no"),
+        ("tests.test_cli:NOT_A_SERVICE", "expected a CacheService"),
+        ("tests.test_cli", "MODULE:OBJECT"),
+    ],
+)
+def test_bad_app_exits_2(runner: CliRunner, app: str, fragment: str) -> None:
+    result = runner.invoke(main, ["--app", app, "stats"])
+    assert result.exit_code == 2
+    assert fragment in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_app_and_redis_url_together_or_neither_exit_2(
+    runner: CliRunner, service: CacheService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    both = runner.invoke(main, [*APP, "--redis-url", UNREACHABLE, "stats"])
+    assert both.exit_code == 2 and "not both" in both.stderr
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    neither = runner.invoke(main, ["stats"])
+    assert neither.exit_code == 2 and "--app" in neither.stderr
+
+
+def test_warm_needs_the_app(runner: CliRunner) -> None:
+    result = runner.invoke(main, ["--redis-url", UNREACHABLE, "warm"])
+    assert result.exit_code == 2 and "--app" in result.stderr
+
+
+def test_bad_redis_url_names_the_setting(runner: CliRunner) -> None:
+    result = runner.invoke(main, ["--redis-url", "http://localhost:6379", "stats"])
+    assert_one_line_error(result, 2, "scheme")
+
+
+@pytest.mark.parametrize(
+    "command", [["stats"], ["clear"], ["clear", "--file-id", "3"], ["refresh"]]
+)
+def test_unreachable_redis_exits_1_with_one_line(runner: CliRunner, command: list[str]) -> None:
+    result = runner.invoke(main, ["--redis-url", UNREACHABLE, *command])
+    assert_one_line_error(result, 1, "Redis unavailable")
+
+
+def test_unreachable_database_exits_1_with_one_line(
+    runner: CliRunner, urls: SignedURLs, tmp_path: Path
+) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path}/missing/dir/db.sqlite")
+    _current["broken"] = CacheService(urls, session_factory=sessionmaker(engine), model=File)
+    try:
+        result = runner.invoke(main, ["--app", "tests.test_cli:broken_service", "warm"])
+    finally:
+        _current.clear()
+        engine.dispose()
+    assert_one_line_error(result, 1, "database unavailable")
+
+
+def test_redis_url_mode_against_a_real_server(
+    runner: CliRunner,
+    real_redis_url: str,
+    urls: SignedURLs,
+    db: Any,
+    key_prefix: str,
+) -> None:
+    ids = add_files(db, "a.png", "b.png")
+    cache(urls, db, ids)
+    urls.flush_stats()
+    base = ["--redis-url", real_redis_url, "--key-prefix", key_prefix]
+
+    stats = run(runner, *base, "stats", "--json")
+    assert stats.exit_code == 0
+    data = json.loads(stats.stdout)
+    assert (data["keys"], data["misses"], data["key_prefix"]) == (2, 2, key_prefix)
+
+    refresh = run(runner, *base, "refresh")
+    assert refresh.exit_code == 0 and "Refreshed 0" in refresh.stdout
+    assert "none re-signed" in refresh.stderr
+
+    clear = run(runner, *base, "clear")
+    assert clear.stdout.strip() == "Cleared 2 cached URLs."
+
+
+# -- the demo command, loaded lazily -------------------------------------------------------
+
+
+def test_help_lists_every_command(runner: CliRunner) -> None:
+    result = run(runner, "--help")
+    assert result.exit_code == 0
+    for name in ("stats", "clear", "warm", "refresh", "demo"):
+        assert name in result.stdout
+
+
+def test_demo_delegates_to_the_demo_module(runner: CliRunner) -> None:
+    from sqla_signed_urls.demo import demo_command
+
+    assert main.get_command(click.Context(main), "demo") is demo_command
+    assert run(runner, "demo", "--help").exit_code == 0
+
+
+def test_missing_lazy_command_is_listed_and_fails_cleanly(
+    runner: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(cli.LAZY_COMMANDS, "ghost", ("no_such_module_xyz", "cmd", "A ghost."))
+    assert "ghost" in run(runner, "--help").stdout
+    result = runner.invoke(main, ["ghost"])
+    assert_one_line_error(result, 1, "not available")
+
+
+# -- the installed script ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [["stats"], ["stats", "--json"], ["clear"], ["refresh"]])
+def test_installed_script_exit_codes_against_unreachable_redis(command: list[str]) -> None:
+    result = subprocess.run(
+        [str(SCRIPT), "--redis-url", UNREACHABLE, *command],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: Redis unavailable"), result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_installed_script_help_and_usage_codes() -> None:
+    ok = subprocess.run([str(SCRIPT), "--help"], capture_output=True, text=True, check=False)
+    assert ok.returncode == 0 and "refresh" in ok.stdout
+    bad = subprocess.run(
+        [str(SCRIPT), "--redis-url", UNREACHABLE, "clear", "--file-id", "x"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
