@@ -494,15 +494,20 @@ class SignedURLs:
 
     def _sign(
         self,
-        spec: URLSpec,
+        spec: URLSpec | None,
         items: list[tuple[str, str]],
         writes: list[_Write],
         cached: bool,
+        reason: str = "cache miss",
     ) -> dict[str, str | None]:
         """Sign ``(key, object_key)`` items and queue their cache writes. ``cached``: the
         writes will go to Redis; only then does the L1 keep the URLs too, as it never holds an
         entry without a Redis twin (while the breaker skips Redis, the L1 may already be live
-        again, and an entry kept then would be served, Redis never refilled)."""
+        again, and an entry kept then would be served, Redis never refilled).
+
+        The one place where expiry, cache lifetime and jitter are decided; ``CacheService``
+        signs through it too (``spec`` is ``None`` for a key of no installed class).
+        """
         now_i = int(_time())
         expires_at = self.expires_at(now_i)
         base_ttl = expires_at - self._min_validity - now_i
@@ -512,7 +517,7 @@ class SignedURLs:
         info = log.isEnabledFor(logging.INFO)
         for key, object_key in items:
             if info:
-                log.info("Generating new signed URL for file %s (cache miss)", _ident(key, spec))
+                log.info("Generating new signed URL for file %s (%s)", _ident(key, spec), reason)
             try:
                 url = self.signer.sign(object_key, expires_at=expires_at)
             except Exception as exc:
@@ -532,7 +537,7 @@ class SignedURLs:
             self._remember(fresh)
         if done:
             self.stats.signed += len(done)
-            if signals.url_signed.receivers:
+            if spec is not None and signals.url_signed.receivers:
                 signals.url_signed.send(spec.cls, keys=done)
         return out
 
@@ -548,14 +553,14 @@ class SignedURLs:
             for _, _, ttl, _, ident in writes:
                 log.info("Cached URL for file %s for %d seconds", ident, ttl)
 
-    def _sign_failed(self, spec: URLSpec, key: str | None, obj: Any, exc: Exception) -> None:
+    def _sign_failed(self, spec: URLSpec | None, key: str | None, obj: Any, exc: Exception) -> None:
         error = exc if isinstance(exc, SigningError) else SigningError(f"{type(exc).__name__}")
         if error is not exc:
             error.__cause__ = exc
         self.stats.sign_errors += 1
         ident = _ident(key, spec) if key is not None else "(not flushed)"
         log.error("Failed to generate signed URL for file %s: %s", ident, error)
-        if signals.sign_failed.receivers:
+        if spec is not None and signals.sign_failed.receivers:
             signals.sign_failed.send(spec.cls, keys=[key] if key else [], error=error)
 
     # -- counting ---------------------------------------------------------------------------

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import random
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -24,7 +23,7 @@ from . import signals
 from ._keys import pk_part
 from .cache.base import MAX_VALUE_BYTES, encode_entry, match_entry, signer_tag
 from .cache.redis import RedisStore
-from .core import SignedURLs, URLSpec
+from .core import SignedURLs, URLSpec, _Write
 from .exceptions import CacheError, ConfigurationError, SigningError
 from .signers.base import Signer
 
@@ -265,9 +264,9 @@ class CacheService:
         to_sign: list[tuple[str, str]] = []
         for item, raw in zip(items, raws, strict=True):
             entry = match_entry(raw, tag, item[1], now, min_validity)
-            if entry is None or not self._url_is_for(entry[0], item[1]):
+            if entry is None or not self.urls._url_is_for(entry[0], item[1]):
                 to_sign.append(item)
-        writes = self._sign(to_sign, {key: spec for key, _ in to_sign})
+        writes = self._sign(to_sign, {key: spec for key, _ in to_sign}, reason="warm")
         if writes:
             with self._redis("warming the cache"):
                 store.set_many(writes)
@@ -413,7 +412,7 @@ class CacheService:
                 gone.append(key)  # expired, deleted, or not one of ours
                 continue
             ours = value.tag == self._tag
-            if ours and not self._url_is_for(value.url, value.object_key):
+            if ours and not self.urls._url_is_for(value.url, value.object_key):
                 if can_sign:  # not a URL this signer makes for the key: never extend it
                     to_sign.append((key, value.object_key))
                 continue
@@ -425,7 +424,7 @@ class CacheService:
                 renewed = (value.url, value.expires_at, stretched)
                 data = encode_entry(renewed, value.tag, value.object_key)
                 writes.append((key, data, stretched - now, stretched))
-        writes.extend(self._sign(to_sign, self._specs_for(to_sign)))
+        writes.extend(self._sign(to_sign, self._specs_for(to_sign), reason="refresh"))
         return self._write_renewals(writes, gone)
 
     def _write_renewals(self, writes: list[Write], gone: list[str]) -> int:
@@ -448,47 +447,20 @@ class CacheService:
 
     # -- signing ----------------------------------------------------------------------------
 
-    def _sign(self, items: list[tuple[str, str]], specs: dict[str, URLSpec]) -> list[Write]:
+    def _sign(
+        self, items: list[tuple[str, str]], specs: dict[str, URLSpec], reason: str
+    ) -> list[Write]:
         """Sign ``(key, object_key)`` items as a read would, and return their cache writes.
 
         Counted in ``signed`` / ``sign_errors`` like any signing, but not as cache misses.
         """
-        if not items:
-            return []
-        urls, settings = self.urls, self.urls.settings
-        now = int(time.time())
-        expires_at = urls.expires_at(now)
-        base_ttl = expires_at - settings.min_validity - now
-        jitter = int(settings.cache_ttl * settings.ttl_jitter)
-        writes: list[Write] = []
-        signed: dict[type, list[str]] = {}
-        done = 0
+        groups: dict[URLSpec | None, list[tuple[str, str]]] = {}
         for key, object_key in items:
-            try:
-                url = urls.signer.sign(object_key, expires_at=expires_at)
-            except Exception as exc:
-                urls.stats.sign_errors += 1
-                error = exc if isinstance(exc, SigningError) else SigningError(type(exc).__name__)
-                log.error("Failed to generate signed URL for file %s: %s", self._ident(key), error)
-                continue
-            done += 1
-            spec = specs.get(key)
-            if spec is not None:
-                signed.setdefault(spec.cls, []).append(key)
-            ttl = base_ttl - (random.randint(0, jitter) if jitter else 0)
-            if ttl >= 1:
-                value = encode_entry((url, expires_at, now + ttl), self._tag, object_key)
-                writes.append((key, value, ttl, now + ttl))
-        urls.stats.signed += done
-        if signals.url_signed.receivers:
-            for cls, keys in signed.items():
-                signals.url_signed.send(cls, keys=keys)
-        return writes
-
-    def _url_is_for(self, url: str, object_key: str) -> bool:
-        """Whether ``url`` begins as the signer's URLs for ``object_key`` do (as reads check)."""
-        prefix = self.urls.signer.url_prefix(object_key)
-        return prefix is None or url.startswith(prefix)
+            groups.setdefault(specs.get(key), []).append((key, object_key))
+        writes: list[_Write] = []
+        for spec, group in groups.items():
+            self.urls._sign(spec, group, writes, cached=False, reason=reason)
+        return [(key, value, ttl, until) for key, value, ttl, until, _ in writes]
 
     def _specs_for(self, items: list[tuple[str, str]]) -> dict[str, URLSpec]:
         """The installed URL spec each cache key belongs to, where one does."""
