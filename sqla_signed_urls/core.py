@@ -195,6 +195,9 @@ class SignedURLs:
         self.signer = signer
         self._tag = signer_tag(signer.name)
         self.stats = Stats()
+        # A client we build from a URL (or the embedded one) is ours to close; a passed one
+        # belongs to the caller.
+        self._owns_client = redis is None or isinstance(redis, str)
         self.redis = self._make_client(redis)
         self.store: SharedStore = RedisStore(self.redis, key_prefix)
         s = self.settings
@@ -701,12 +704,18 @@ class SignedURLs:
         return {name: totals.get(name, 0) + pending[name] for name in COUNTERS}
 
     def close(self) -> None:
-        """Stop the background thread (flushing counters first) and drop the L1."""
+        """Stop the background thread (flushing counters first), drop the L1, and close the
+        Redis client when ``SignedURLs`` built it (a passed client is left to its owner)."""
         background, self._background = self._background, None
         if background is not None:
             background.stop()
         self._local_live = False
         self.clear_local()
+        if self._owns_client:
+            try:
+                self.redis.close()
+            except Exception:  # closing must not fail the app's shutdown
+                log.debug("could not close the Redis client")
 
     def _forked(self) -> None:
         self._background = None
