@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, NamedTuple
+from typing import Any
 
 from redis.exceptions import RedisError, ResponseError
 from sqlalchemy import Select, func, inspect, select
@@ -21,7 +21,7 @@ from sqlalchemy.orm import Mapper, Session, scoped_session
 
 from . import signals
 from ._keys import pk_part
-from .cache.base import MAX_VALUE_BYTES, encode_entry, match_entry, signer_tag
+from .cache.base import decode_entry, encode_entry, match_entry, signer_tag
 from .cache.redis import RedisStore
 from .core import SignedURLs, URLSpec, _Write
 from .exceptions import CacheError, ConfigurationError, SigningError
@@ -407,7 +407,7 @@ class CacheService:
         writes: list[Write] = []
         to_sign: list[tuple[str, str]] = []
         for key, raw in zip(keys, raws, strict=True):
-            value = _decode(raw)
+            value = decode_entry(raw)
             if value is None:
                 gone.append(key)  # expired, deleted, or not one of ours
                 continue
@@ -540,37 +540,6 @@ class RedisOnlySigner(Signer):
 
     def sign(self, object_key: str, *, expires_at: int) -> str:
         raise SigningError("no signer configured: point the command at the app (--app)")
-
-
-class _Value(NamedTuple):
-    """A stored value, read field by field (see :mod:`sqla_signed_urls.cache.base`)."""
-
-    url: str
-    expires_at: int
-    cache_until: int
-    tag: bytes
-    object_key: str
-
-
-def _decode(raw: bytes | str | None) -> _Value | None:
-    if raw is None:
-        return None
-    try:
-        data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
-        if len(data) > MAX_VALUE_BYTES:
-            return None
-        expires, until, tag, url, object_key = data.split(b" ", 4)
-        if not url or not object_key:
-            return None
-        return _Value(
-            url.decode(),
-            int(expires),
-            int(until),
-            tag,
-            object_key.decode("utf-8", "surrogatepass"),
-        )
-    except (ValueError, UnicodeError):
-        return None
 
 
 def _release(factory: SessionFactory, session: Session) -> None:

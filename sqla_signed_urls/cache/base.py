@@ -14,8 +14,17 @@ from __future__ import annotations
 import abc
 import hashlib
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
-__all__ = ["Entry", "SharedStore", "encode_entry", "match_entry", "signer_tag"]
+__all__ = [
+    "Entry",
+    "SharedStore",
+    "StoredValue",
+    "decode_entry",
+    "encode_entry",
+    "match_entry",
+    "signer_tag",
+]
 
 #: Values larger than this are never ours; they are treated as misses without parsing.
 MAX_VALUE_BYTES = 16 * 1024
@@ -57,6 +66,39 @@ def match_entry(
             return None
         return (url.decode(), expires_at, cache_until)
     except (ValueError, UnicodeError):  # malformed: wrong field count, not numbers, not text
+        return None
+
+
+class StoredValue(NamedTuple):
+    """Every field of a stored value, for maintenance (``CacheService``); reads use
+    :func:`match_entry`, which checks without building this."""
+
+    url: str
+    expires_at: int
+    cache_until: int
+    tag: bytes
+    object_key: str
+
+
+def decode_entry(raw: bytes | str | None) -> StoredValue | None:
+    """Split a stored value into its fields; anything malformed is ``None``."""
+    if raw is None:
+        return None
+    try:
+        data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
+        if len(data) > MAX_VALUE_BYTES:
+            return None
+        expires, until, tag, url, object_key = data.split(b" ", 4)
+        if not url or not object_key:
+            return None
+        return StoredValue(
+            url.decode(),
+            int(expires),
+            int(until),
+            tag,
+            object_key.decode("utf-8", "surrogatepass"),
+        )
+    except (ValueError, UnicodeError):
         return None
 
 
