@@ -4,6 +4,7 @@
 
     sqla-signed-urls --app myapp.cache:service stats
     sqla-signed-urls --app myapp:create_service warm --file-type avatar --limit 5000
+    sqla-signed-urls --app myapp.cache:service warm --since 2026-11-01T08:00
     sqla-signed-urls --redis-url redis://localhost:6379/1 clear --file-id 123
     sqla-signed-urls --app myapp.cache:service refresh --within 600   # from cron
 
@@ -14,6 +15,7 @@ or the database cannot be reached.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import importlib
 import json
 import os
@@ -36,6 +38,13 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 OSS_VARIABLES = ("OSS_ACCESS_KEY_ID", "OSS_ACCESS_KEY_SECRET", "OSS_ENDPOINT", "OSS_BUCKET")
+SINCE_FORMATS = (
+    "%Y-%m-%d",
+    "%Y-%m-%dT%H:%M",
+    "%Y-%m-%dT%H:%M:%S",
+    "%Y-%m-%d %H:%M",
+    "%Y-%m-%d %H:%M:%S",
+)
 #: Commands that live in other modules, imported only when asked for.
 LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("sqla_signed_urls.demo", "demo_command", "Run the demo workload."),
@@ -292,6 +301,14 @@ def clear(target: _Target, file_id: int | None) -> None:
 @main.command()
 @click.option("--file-type", metavar="TYPE", help="Only rows with this file_type.")
 @click.option(
+    "--since",
+    type=click.DateTime(formats=SINCE_FORMATS),
+    default=None,
+    metavar="DATE",
+    help="Only rows created at or after this date or datetime, e.g. 2026-11-01 or "
+    "2026-11-01T08:00 (needs a created_at column).",
+)
+@click.option(
     "--limit",
     type=click.IntRange(min=1),
     default=1000,
@@ -299,7 +316,7 @@ def clear(target: _Target, file_id: int | None) -> None:
     help="Newest rows to warm.",
 )
 @click.pass_obj
-def warm(target: _Target, file_type: str | None, limit: int) -> None:
+def warm(target: _Target, file_type: str | None, since: dt.datetime | None, limit: int) -> None:
     """Sign and cache the newest rows' URLs (needs --app: rows come from the database)."""
     if target.redis_only:
         raise click.UsageError("warm reads rows from the database: point me at it with --app")
@@ -309,20 +326,24 @@ def warm(target: _Target, file_type: str | None, limit: int) -> None:
     console = Console()
     with _expected_faults():
         if console.is_terminal:
-            count = _warm_with_progress(service, console, file_type, limit)
+            count = _warm_with_progress(service, console, file_type, since, limit)
         else:
-            count = service.warm_file_url_cache(file_type, limit=limit)
+            count = service.warm_file_url_cache(file_type, since=since, limit=limit)
     noun = "URL" if count == 1 else "URLs"
     kind = f" of type {file_type}" if file_type else ""
     click.echo(f"Warmed {count:,} {noun}{kind}.")
 
 
 def _warm_with_progress(
-    service: CacheService, console: Console, file_type: str | None, limit: int
+    service: CacheService,
+    console: Console,
+    file_type: str | None,
+    since: dt.datetime | None,
+    limit: int,
 ) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    total = service._count_warmable(file_type, limit=limit)
+    total = service._count_warmable(file_type, since=since, limit=limit)
     columns = (
         "[progress.description]{task.description}",
         BarColumn(),
@@ -332,7 +353,7 @@ def _warm_with_progress(
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("warming", total=total)
         count = service.warm_file_url_cache(
-            file_type, limit=limit, progress=lambda n: progress.advance(task, n)
+            file_type, since=since, limit=limit, progress=lambda n: progress.advance(task, n)
         )
     return count
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 import time
@@ -12,10 +13,10 @@ from typing import Any
 import click
 import pytest
 from click.testing import CliRunner, Result
-from sqlalchemy import create_engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import DateTime, Engine, create_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from sqla_signed_urls import CacheService, SignedURLs, cli
+from sqla_signed_urls import CacheService, ObjectKey, SignedURLs, cli
 from sqla_signed_urls.cache.base import encode_entry, signer_tag
 from sqla_signed_urls.cli import main
 
@@ -54,6 +55,49 @@ def service(urls: SignedURLs, db: sessionmaker[Session]) -> Iterator[CacheServic
     _current["service"] = svc
     yield svc
     _current.clear()
+
+
+class DatedBase(DeclarativeBase):
+    pass
+
+
+class DatedFile(DatedBase):
+    __tablename__ = "cli_dated_files"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    object_key: Mapped[str | None] = mapped_column(ObjectKey(512))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime)
+
+
+@pytest.fixture
+def dated_service(engine: Engine, make_urls: Any) -> Iterator[CacheService]:
+    """A service on a model with ``created_at``, for ``warm --since``."""
+    DatedBase.metadata.create_all(engine)
+    urls = make_urls(local_cache_size=0)
+    urls.install(DatedBase)
+    db = sessionmaker(engine, expire_on_commit=False)
+    with db() as session:
+        session.add_all(
+            DatedFile(id=i, object_key=f"d{i}", created_at=created) for i, created in DATED_ROWS
+        )
+        session.commit()
+    svc = CacheService(urls, session_factory=db, model=DatedFile)
+    _current["service"] = svc
+    yield svc
+    _current.clear()
+    DatedBase.metadata.drop_all(engine)
+
+
+DATED_ROWS = [
+    (1, dt.datetime(2026, 10, 31, 23, 59, 59)),
+    (2, dt.datetime(2026, 11, 1, 0, 0)),
+    (3, dt.datetime(2026, 11, 1, 8, 0)),
+    (4, dt.datetime(2026, 11, 2, 12, 30)),
+]
+
+
+def cached_ids(redis_client: Any, key_prefix: str) -> set[int]:
+    keys = (key.decode() for key in redis_client.scan_iter(match=key_prefix + "*"))
+    return {int(key[len(key_prefix) :]) for key in keys if "#" not in key}
 
 
 @pytest.fixture
@@ -151,6 +195,82 @@ def test_warm_on_a_terminal_shows_progress(
     assert "\x1b[" in result.stdout  # the bar drew (and erased) itself
     assert "Warmed 7 URLs." in result.stdout
     assert service.get_cache_stats()["keys"] == 7
+
+
+@pytest.mark.parametrize(
+    ("since", "expected"),
+    [
+        ("2026-11-01", {2, 3, 4}),
+        ("2026-11-01T08:00", {3, 4}),
+        ("2026-11-01 08:00:01", {4}),
+        ("2027-01-01", set()),
+    ],
+)
+def test_warm_since_takes_only_rows_created_at_or_after_it(
+    runner: CliRunner,
+    dated_service: CacheService,
+    redis_client: Any,
+    key_prefix: str,
+    since: str,
+    expected: set[int],
+) -> None:
+    result = run(runner, *APP, "warm", "--since", since)
+
+    assert result.exit_code == 0, result.output
+    noun = "URL" if len(expected) == 1 else "URLs"
+    assert result.stdout.strip() == f"Warmed {len(expected)} {noun}."
+    assert cached_ids(redis_client, key_prefix) == expected
+
+
+def test_warm_since_on_a_terminal_counts_only_those_rows(
+    runner: CliRunner, dated_service: CacheService, redis_client: Any, key_prefix: str
+) -> None:
+    result = run(
+        runner,
+        *APP,
+        "warm",
+        "--since",
+        "2026-11-01T08:00",
+        env={"FORCE_COLOR": "1", "TTY_COMPATIBLE": "1"},
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "Warmed 2 URLs." in result.stdout
+    assert "2/2" in result.stdout and "/4" not in result.stdout  # the bar's total obeys --since
+    assert cached_ids(redis_client, key_prefix) == {3, 4}
+
+
+@pytest.mark.parametrize("since", ["2026-13-01", "yesterday", "2026-11-01T08", "01/11/2026"])
+def test_warm_bad_since_is_a_usage_error_before_redis(
+    runner: CliRunner, dated_service: CacheService, redis_client: Any, since: str
+) -> None:
+    redis_client.reset()
+
+    result = runner.invoke(main, [*APP, "warm", "--since", since])
+
+    assert result.exit_code == 2
+    assert "Invalid value for '--since'" in result.stderr
+    assert "%Y-%m-%dT%H:%M" in result.stderr  # the accepted formats are listed
+    assert "Traceback" not in result.output
+    assert redis_client.round_trips == 0
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_warm_since_without_created_at_is_a_one_line_error(
+    runner: CliRunner,
+    service: CacheService,
+    db: Any,
+    redis_client: Any,
+    key_prefix: str,
+    terminal: bool,
+) -> None:
+    add_files(db, "a.png", "b.png")
+    env = {"FORCE_COLOR": "1", "TTY_COMPATIBLE": "1"} if terminal else None
+
+    result = runner.invoke(main, [*APP, "warm", "--since", "2026-11-01"], env=env)
+
+    assert_one_line_error(result, 2, "no created_at column")
+    assert cached_ids(redis_client, key_prefix) == set()
 
 
 def test_refresh(runner: CliRunner, service: CacheService, urls: SignedURLs) -> None:
