@@ -14,7 +14,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Blueprint, Flask, Response, jsonify, request
+from flask.blueprints import BlueprintSetupState
 from sqlalchemy.exc import DBAPIError
+from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from .config import Settings
 from .core import SignedURLs
@@ -70,6 +72,13 @@ def admin_blueprint(
     body, a wrong type or an unknown field gives 400 naming the field, and nothing runs;
     a ``file_id`` must be a non-negative whole number.
     Redis or the database being down gives 503. Every error answer is JSON ``{"error": ...}``.
+
+    That includes routing errors under the prefix the blueprint is registered at: an unknown
+    path gives 404 and a wrong method 405 (with ``Allow``), but only with the token; without
+    it they get the same 401 as the endpoints, so the API's paths and methods cannot be probed.
+    They are answered by an app ``before_request`` hook that touches only routing failures
+    under the prefix, so the app's own pages and error handlers are left as they were. A
+    blueprint mounted without a prefix leaves every routing error to the app.
     """
     if not isinstance(service, CacheService):
         raise ConfigurationError(
@@ -85,7 +94,6 @@ def admin_blueprint(
     expected = hashlib.sha256(token.encode()).digest()
     bp = Blueprint(name, __name__, url_prefix=url_prefix)
 
-    @bp.before_request
     def _authenticate() -> Response | None:
         header = request.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")
@@ -98,6 +106,16 @@ def admin_blueprint(
         response = _error(401, "missing or wrong admin token (Authorization: Bearer <token>)")
         response.headers["WWW-Authenticate"] = 'Bearer realm="cache admin"'
         return response
+
+    bp.before_request(_authenticate)
+
+    @bp.record
+    def _answer_routing_errors(state: BlueprintSetupState) -> None:
+        # Routing fails before a blueprint is chosen, so neither the blueprint's hooks nor its
+        # error handlers run; an app error handler for 404/405 would collide with the app's own.
+        prefix = (state.url_prefix or "").rstrip("/")
+        if prefix:
+            state.app.before_request(_routing_error_hook(prefix, _authenticate))
 
     @bp.errorhandler(_BadRequest)
     def _bad_request(exc: _BadRequest) -> Response:
@@ -137,6 +155,31 @@ def admin_blueprint(
         return jsonify(refreshed=service.refresh_expired_urls(body.get("within", 600)))
 
     return bp
+
+
+def _routing_error_hook(
+    prefix: str, authenticate: Callable[[], Response | None]
+) -> Callable[[], Response | None]:
+    """An app ``before_request`` hook answering 404/405 under ``prefix`` as JSON."""
+
+    def hook() -> Response | None:
+        exc = request.routing_exception
+        if not isinstance(exc, (NotFound, MethodNotAllowed)):
+            return None
+        path = request.path
+        if path != prefix and not path.startswith(prefix + "/"):
+            return None
+        denied = authenticate()
+        if denied is not None:
+            return denied
+        if isinstance(exc, MethodNotAllowed):
+            allowed = ", ".join(exc.valid_methods or ())
+            response = _error(405, f"{request.method} is not allowed here (allowed: {allowed})")
+            response.headers["Allow"] = allowed
+            return response
+        return _error(404, f"no admin endpoint at {path}")
+
+    return hook
 
 
 def _error(status: int, message: str, **extra: Any) -> Response:

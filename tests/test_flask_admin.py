@@ -12,6 +12,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from werkzeug.exceptions import HTTPException
 
 from sqla_signed_urls import CacheService, ConfigurationError, ObjectKey, SignedURLs
 from sqla_signed_urls.flask import FlaskSignedURLs, admin_blueprint, init_app
@@ -258,6 +259,147 @@ def test_oversized_body_is_413(client: FlaskClient) -> None:
         data=b'{"file_id": 1' + b" " * 20000 + b"}",
     )
     assert response.status_code == 413
+
+
+# -- routing errors under the prefix -------------------------------------------------------
+
+
+def host_app(service: CacheService | None, **options: Any) -> Flask:
+    """An app with a page of its own and, given a service, the admin blueprint."""
+    app = Flask(__name__)
+
+    @app.get("/page")
+    def page() -> str:
+        return "page"
+
+    if service is not None:
+        app.register_blueprint(admin_blueprint(service, token=TOKEN), **options)
+    return app
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "DELETE"])
+@pytest.mark.parametrize("path", ["/nope", "/stats/extra", "/clear/", "", "/"])
+def test_unknown_admin_path_is_404_json(client: FlaskClient, method: str, path: str) -> None:
+    response = client.open(f"/api/admin/cache{path}", method=method, headers=AUTH)
+    assert response.status_code == 404
+    assert response.is_json
+    assert response.get_json() == {"error": f"no admin endpoint at /api/admin/cache{path}"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("GET", "/clear", {"POST", "OPTIONS"}),
+        ("GET", "/warm", {"POST", "OPTIONS"}),
+        ("GET", "/refresh", {"POST", "OPTIONS"}),
+        ("PUT", "/clear", {"POST", "OPTIONS"}),
+        ("POST", "/stats", {"GET", "HEAD", "OPTIONS"}),
+        ("DELETE", "/stats", {"GET", "HEAD", "OPTIONS"}),
+    ],
+)
+def test_wrong_method_is_405_json_with_allow(
+    client: FlaskClient,
+    urls: SignedURLs,
+    db: Any,
+    redis_client: Any,
+    key_prefix: str,
+    method: str,
+    path: str,
+    allowed: set[str],
+) -> None:
+    cache(urls, db, add_files(db, "a.png"))
+    response = client.open(f"/api/admin/cache{path}", method=method, headers=AUTH)
+    assert response.status_code == 405
+    assert response.is_json
+    assert response.get_json()["error"].startswith(f"{method} is not allowed")
+    assert set(response.headers["Allow"].split(", ")) == allowed
+    assert len(url_keys(redis_client, key_prefix)) == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "path"), [("GET", "/nope"), ("GET", ""), ("GET", "/clear"), ("POST", "/stats")]
+)
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}])
+def test_unknown_path_or_method_without_token_is_the_same_401(
+    client: FlaskClient, method: str, path: str, headers: dict[str, str]
+) -> None:
+    known = client.get("/api/admin/cache/stats", headers=headers)
+    response = client.open(f"/api/admin/cache{path}", method=method, headers=headers)
+    assert response.status_code == known.status_code == 401
+    assert response.get_json() == known.get_json()
+    assert response.headers["WWW-Authenticate"] == known.headers["WWW-Authenticate"]
+    assert "Allow" not in response.headers
+
+
+def test_paths_outside_the_prefix_keep_the_apps_html_errors(service: CacheService) -> None:
+    plain = host_app(None).test_client()
+    client = host_app(service).test_client()
+    assert client.get("/api/admin/cache/nope", headers=AUTH).is_json
+    assert client.get("/api/admin/cache/clear", headers=AUTH).is_json
+    for method, path in [
+        ("GET", "/nope"),
+        ("GET", "/api/admin/cachex"),
+        ("GET", "/api/admin"),
+        ("POST", "/page"),
+    ]:
+        expected = plain.open(path, method=method, headers=AUTH)
+        response = client.open(path, method=method, headers=AUTH)
+        assert response.status_code == expected.status_code
+        assert response.mimetype == expected.mimetype == "text/html"
+        assert response.data == expected.data
+        assert response.headers.get("Allow") == expected.headers.get("Allow")
+
+
+@pytest.mark.parametrize("handler_first", [True, False])
+@pytest.mark.parametrize("key", [404, 405, HTTPException])
+def test_app_error_handlers_still_win_outside_the_prefix(
+    service: CacheService, key: int | type[HTTPException], handler_first: bool
+) -> None:
+    def handler(exc: HTTPException) -> tuple[str, int]:
+        return f"app says {exc.code}", exc.code or 500
+
+    app = Flask(__name__)
+    app.add_url_rule("/page", "page", lambda: "page")
+    if handler_first:
+        app.register_error_handler(key, handler)
+    app.register_blueprint(admin_blueprint(service, token=TOKEN))
+    if not handler_first:
+        app.register_error_handler(key, handler)
+    client = app.test_client()
+
+    for code, method, path in [(404, "GET", "/nope"), (405, "POST", "/page")]:
+        response = client.open(path, method=method, headers=AUTH)
+        assert response.status_code == code
+        if key in (code, HTTPException):
+            assert response.data == f"app says {code}".encode()
+        else:
+            assert response.mimetype == "text/html"
+    for code, path in [(404, "/nope"), (405, "/clear")]:
+        response = client.get(f"/api/admin/cache{path}", headers=AUTH)
+        assert response.status_code == code
+        assert response.is_json
+
+
+def test_the_prefix_given_at_registration_is_the_one_answered(service: CacheService) -> None:
+    app = host_app(service, url_prefix="/ops/cache/")
+    app.register_blueprint(
+        admin_blueprint(service, token=TOKEN), name="second", url_prefix="/ops/other"
+    )
+    client = app.test_client()
+    assert client.get("/ops/cache/stats", headers=AUTH).status_code == 200
+    for prefix in ("/ops/cache", "/ops/other"):
+        missing = client.get(f"{prefix}/nope", headers=AUTH)
+        assert (missing.status_code, missing.is_json) == (404, True)
+        wrong = client.get(f"{prefix}/clear", headers=AUTH)
+        assert (wrong.status_code, wrong.is_json) == (405, True)
+        assert client.get(f"{prefix}/nope").status_code == 401
+    default = client.get("/api/admin/cache/nope", headers=AUTH)
+    assert (default.status_code, default.mimetype) == (404, "text/html")
+
+    rootless = host_app(service, url_prefix="").test_client()
+    assert rootless.get("/stats", headers=AUTH).status_code == 200
+    for method, path in [("GET", "/nope"), ("POST", "/page")]:
+        assert rootless.open(path, method=method, headers=AUTH).mimetype == "text/html"
 
 
 # -- faults --------------------------------------------------------------------------------
