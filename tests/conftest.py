@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import fakeredis
@@ -159,3 +160,13 @@ def db(engine: Engine) -> Iterator[sessionmaker[Session]]:
 def caplog_all(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     caplog.set_level(logging.DEBUG, logger="sqla_signed_urls")
     return caplog
+
+
+def wait_until(predicate: Callable[[], bool], what: str) -> None:
+    """Poll for something another thread or the server does; the deadline only guards
+    against hanging."""
+    deadline = time.monotonic() + 30
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)

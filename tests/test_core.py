@@ -13,7 +13,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from sqla_signed_urls import ConfigurationError, ObjectKey, SignedURLs, SigningError, signals
 from sqla_signed_urls.testing import FakeSigner
 
-from .conftest import Base, File
+from .conftest import Base, File, wait_until
 
 
 def add_files(db: sessionmaker[Session], *keys: str | None) -> list[int]:
@@ -639,6 +639,45 @@ def test_redis_db_index_is_honoured(real_redis_url: str, db: Any, key_prefix: st
     finally:
         urls.uninstall()
         urls.close()
+
+
+def test_close_closes_the_connections_of_a_client_it_built_and_leaves_a_passed_one_open(
+    real_redis_url: str, db: Any, key_prefix: str
+) -> None:
+    """Connections seen from the server (CLIENT LIST, by a client name of this test's own)."""
+    import uuid
+
+    import redis
+
+    name = f"close-test-{uuid.uuid4().hex[:8]}"
+    admin = redis.Redis.from_url(real_redis_url)
+
+    def connections() -> int:
+        return sum(1 for c in admin.client_list() if c.get("name") == name)
+
+    sep = "&" if "?" in real_redis_url else "?"
+    built = SignedURLs(
+        FakeSigner(), redis=f"{real_redis_url}{sep}client_name={name}", key_prefix=key_prefix
+    )
+    passed = redis.Redis.from_url(real_redis_url, client_name=name)
+    given = SignedURLs(FakeSigner(), redis=passed, key_prefix=key_prefix)
+    try:
+        built.install(Base)
+        (fid,) = add_files(db, "close.png")
+        with db() as session:
+            assert built.url_for(session.get(File, fid))  # a connection, and the listener's
+        assert given.redis.ping()
+        assert connections() >= 3
+        built.uninstall()
+        built.close()
+        wait_until(lambda: connections() == 1, "the built client's connections to close")
+        given.close()
+        time.sleep(0.2)
+        assert connections() == 1, "close() closed a client the caller passed in"
+        assert passed.ping()
+    finally:
+        passed.close()
+        admin.close()
 
 
 def test_db_index_parsed_from_url_without_io() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,7 +26,7 @@ from sqla_signed_urls.cache.base import encode_entry, signer_tag
 from sqla_signed_urls.service import RedisOnlySigner
 from sqla_signed_urls.testing import FakeSigner
 
-from .conftest import REDIS_URL, File
+from .conftest import REDIS_URL, File, wait_until
 
 
 def add_files(
@@ -43,15 +43,6 @@ def cache_files(urls: SignedURLs, db: sessionmaker[Session], ids: list[int]) -> 
     with db() as session:
         files = [session.get(File, i) for i in ids]
         return urls.resolve(files)
-
-
-def wait_until(predicate: Callable[[], bool], what: str) -> None:
-    """Poll for something another thread does; the deadline only guards against hanging."""
-    deadline = time.monotonic() + 30
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def raw_key(redis_client: Any, key: str) -> bytes | None:
