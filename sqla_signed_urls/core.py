@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from . import signals
 from ._keys import pk_part
 from .cache.base import Entry, SharedStore, encode_entry, match_entry, signer_tag
-from .cache.local import LocalCache
+from .cache.local import LocalCache, LocalEntry
 from .cache.redis import RedisStore, client_from_url
 from .config import Settings
 from .exceptions import ConfigurationError, SigningError
@@ -35,6 +35,8 @@ _MISSING: Any = object()
 _FLIGHT_WAIT = 10.0
 #: A queued cache write: key, encoded value, TTL, end of cache lifetime, id for the log line.
 _Write = tuple[str, bytes, int, int, str]
+#: A row ``resolve`` reads from Redis: result index, object key, its spec.
+_Row = tuple[int, str, "URLSpec"]
 
 #: Counters kept per process and added up fleet-wide in Redis (``<prefix>#stats``).
 COUNTERS = ("hits", "misses", "signed", "errors", "sign_errors", "invalidations", "breaker_opened")
@@ -331,11 +333,6 @@ class SignedURLs:
                 return entry[1]
         return self._lookup(spec, key, object_key)
 
-    def _url_is_for(self, url: str, object_key: str) -> bool:
-        """Whether a cached ``url`` is one the signer makes for ``object_key`` (its prefix)."""
-        prefix = self.signer.url_prefix(object_key)
-        return prefix is None or url.startswith(prefix)
-
     def _lookup(self, spec: URLSpec, key: str, object_key: str) -> str | None:
         store = self._store_if_up()
         if store is not None:
@@ -348,7 +345,7 @@ class SignedURLs:
                 if self._outage:
                     self._cache_ok()
                 entry = match_entry(raw, self._tag, object_key, _time(), self._min_validity)
-                if entry is not None and self._url_is_for(entry[0], object_key):
+                if entry is not None and self.signer.url_is_for(entry[0], object_key):
                     if self._local is not None:
                         self._remember([(key, object_key, entry)])
                     self.stats.hits += 1
@@ -389,10 +386,18 @@ class SignedURLs:
         """
         objects = objects if isinstance(objects, list) else list(objects)
         results: list[str | None] = [None] * len(objects)
-        # key -> (spec, object_key, indexes of the objects that share it)
-        wanted: dict[str, tuple[URLSpec, str, list[int]]] = {}
-        hits: dict[URLSpec, list[str]] = {}
-        local_get = self._local.get if self._local is not None and self._local_live else None
+        # What the in-process layer did not answer, by Redis key in input order:
+        # (result index, object key, spec). A key listed again is answered after the others.
+        wanted: dict[str, _Row] = {}
+        again: list[tuple[str, _Row]] = []
+        local = self._local
+        # An empty L1 (a new process, just cleared) is not asked row by row.
+        local_get = local.get if local and self._local_live else None
+        # Hit keys are collected per class only for a receiver or the debug log.
+        hits: dict[URLSpec, list[str]] | None = None
+        if signals.cache_hit.receivers or log.isEnabledFor(_DEBUG):
+            hits = {}
+        hit_count = 0
         now = _time()
         cls: type | None = None
         for i, obj in enumerate(objects):
@@ -416,23 +421,25 @@ class SignedURLs:
                 held = local_get(key)
                 if held is not None and held[0] == object_key and held[2] > now:
                     results[i] = held[1]
-                    hits.setdefault(spec, []).append(key)
+                    hit_count += 1
+                    if hits is not None:
+                        hits.setdefault(spec, []).append(key)
                     continue
-            seen = wanted.get(key)
-            if seen is not None and seen[1] == object_key:
-                seen[2].append(i)
-            else:
-                wanted[key] = (spec, object_key, [i])
-        for spec, keys in hits.items():
-            self._count_hits(spec, keys)
+            row = (i, object_key, spec)
+            if wanted.setdefault(key, row) is not row:
+                again.append((key, row))
+        self._count_hits(hit_count, hits)
         if wanted:
-            self._resolve_shared(wanted, results)
+            self._resolve_shared(list(wanted), list(wanted.values()), results)
+        for key, (i, object_key, spec) in again:
+            first, first_object_key, _ = wanted[key]
+            if first_object_key == object_key:
+                results[i] = results[first]
+            else:  # two loaded copies of one row that disagree (another session's edit)
+                results[i] = self._url(objects[i], spec)
         return results
 
-    def _resolve_shared(
-        self, wanted: dict[str, tuple[URLSpec, str, list[int]]], results: list[str | None]
-    ) -> None:
-        keys = list(wanted)
+    def _resolve_shared(self, keys: list[str], rows: list[_Row], results: list[str | None]) -> None:
         store = self._store_if_up()
         raws: Sequence[bytes | str | None] = ()
         if store is not None:
@@ -442,31 +449,41 @@ class SignedURLs:
                 self._cache_failed(exc)
                 store = None
             else:
-                self._cache_ok()
+                if self._outage:
+                    self._cache_ok()
         tag, min_validity, now = self._tag, self._min_validity, _time()
-        url_is_for = self._url_is_for
-        hits: dict[URLSpec, list[str]] = {}
-        found: list[tuple[str, str, Entry]] = []
+        url_is_for = self.signer.url_is_for
+        hits: dict[URLSpec, list[str]] | None = None
+        if signals.cache_hit.receivers or log.isEnabledFor(_DEBUG):
+            hits = {}
+        fresh: list[tuple[str, LocalEntry]] = []
         to_sign: dict[URLSpec, list[tuple[str, str]]] = {}
-        for key, raw in zip(keys, raws or [None] * len(keys), strict=True):
-            spec, object_key, indexes = wanted[key]
+        to_fill: dict[str, int] = {}
+        raws = raws or [None] * len(keys)
+        for key, raw, (i, object_key, spec) in zip(keys, raws, rows, strict=True):
             entry = match_entry(raw, tag, object_key, now, min_validity)
-            if entry is None or not url_is_for(entry[0], object_key):
-                to_sign.setdefault(spec, []).append((key, object_key))
-                continue
-            found.append((key, object_key, entry))
-            hits.setdefault(spec, []).append(key)
-            for i in indexes:
-                results[i] = entry[0]
-        self._remember(found)
-        for spec, hit_keys in hits.items():
-            self._count_hits(spec, hit_keys)
+            if entry is not None:
+                url, expires_at, until = entry
+                if url_is_for(url, object_key):
+                    results[i] = url
+                    # Written under other settings, maybe: this process's minimum-validity
+                    # rule bounds the L1 entry as well.
+                    if expires_at - min_validity < until:
+                        until = expires_at - min_validity
+                    fresh.append((key, (object_key, url, until)))
+                    if hits is not None:
+                        hits.setdefault(spec, []).append(key)
+                    continue
+            to_sign.setdefault(spec, []).append((key, object_key))
+            to_fill[key] = i
+        if self._local is not None and self._local_live:
+            self._local.set_many(fresh)
+        self._count_hits(len(fresh), hits)
         writes: list[_Write] = []
         for spec, items in to_sign.items():
             self._count_misses(spec, [key for key, _ in items])
-            for key, url in self._sign(spec, items, writes, store is not None).items():
-                for i in wanted[key][2]:
-                    results[i] = url
+            for key, signed in self._sign(spec, items, writes, store is not None).items():
+                results[to_fill[key]] = signed
         self._write(store, writes)
 
     def _remember(self, items: list[tuple[str, str, Entry]]) -> None:
@@ -568,13 +585,15 @@ class SignedURLs:
 
     # -- counting ---------------------------------------------------------------------------
 
-    def _count_hits(self, spec: URLSpec, keys: list[str]) -> None:
-        self.stats.hits += len(keys)
-        if signals.cache_hit.receivers:
-            signals.cache_hit.send(spec.cls, keys=keys)
-        if log.isEnabledFor(_DEBUG):
-            for key in keys:
-                log.debug("Using cached URL for file %s", _ident(key, spec))
+    def _count_hits(self, count: int, keys_by_spec: dict[URLSpec, list[str]] | None) -> None:
+        """Count ``count`` hits; with keys collected, send ``cache_hit`` and log them."""
+        self.stats.hits += count
+        for spec, keys in (keys_by_spec or {}).items():
+            if signals.cache_hit.receivers:
+                signals.cache_hit.send(spec.cls, keys=keys)
+            if log.isEnabledFor(_DEBUG):
+                for key in keys:
+                    log.debug("Using cached URL for file %s", _ident(key, spec))
 
     def _count_misses(self, spec: URLSpec, keys: list[str]) -> None:
         self.stats.misses += len(keys)

@@ -264,7 +264,7 @@ class CacheService:
         to_sign: list[tuple[str, str]] = []
         for item, raw in zip(items, raws, strict=True):
             entry = match_entry(raw, tag, item[1], now, min_validity)
-            if entry is None or not self.urls._url_is_for(entry[0], item[1]):
+            if entry is None or not self.urls.signer.url_is_for(entry[0], item[1]):
                 to_sign.append(item)
         writes = self._sign(to_sign, {key: spec for key, _ in to_sign}, reason="warm")
         if writes:
@@ -412,7 +412,7 @@ class CacheService:
                 gone.append(key)  # expired, deleted, or not one of ours
                 continue
             ours = value.tag == self._tag
-            if ours and not self.urls._url_is_for(value.url, value.object_key):
+            if ours and not self.urls.signer.url_is_for(value.url, value.object_key):
                 if can_sign:  # not a URL this signer makes for the key: never extend it
                     to_sign.append((key, value.object_key))
                 continue

@@ -849,6 +849,22 @@ def test_resolve_keeps_order_and_handles_none_duplicates_and_mixed_classes(
     assert urls.resolve([]) == []
 
 
+def test_resolve_gives_two_copies_of_one_row_the_url_of_their_own_object_key(
+    make: Any, sessions: sessionmaker[Session], open_session: Callable[[], Session]
+) -> None:
+    """Two sessions' copies of one row disagree after an edit the older one has not seen."""
+    urls = make(FakeSigner())
+    add(sessions, Doc, "old.png")
+    [stale] = load(open_session(), Doc)
+    fresh_session = open_session()
+    [fresh] = load(fresh_session, Doc)
+    fresh.object_key = "new.png"
+    fresh_session.commit()
+
+    got = urls.resolve([stale, fresh, stale])
+    assert [u and urlsplit(u).path for u in got] == ["/old.png", "/new.png", "/old.png"]
+
+
 def test_resolve_reads_the_rest_in_one_mget_and_fills_the_l1(
     make: Any,
     sessions: sessionmaker[Session],

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from unittest import mock
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import fakeredis
 import oss2
@@ -36,6 +36,7 @@ from sqlalchemy.pool import StaticPool
 
 from sqla_signed_urls import ConfigurationError, SignedURLs, SigningError, signals
 from sqla_signed_urls.signers import LocalSigner, OSSSigner
+from sqla_signed_urls.signers.base import quote_key
 from sqla_signed_urls.testing import CountingRedis, FakeSigner
 from sqla_signed_urls.types import ObjectKey
 
@@ -437,6 +438,13 @@ def test_any_key_local_signer(object_key: str) -> None:
 @given(object_key=st.one_of(ANY_TEXT, PATHS).filter(lambda k: k not in (".", "..")))
 def test_any_key_oss_signer(object_key: str) -> None:
     check_oss_key(object_key)
+
+
+@HYPOTHESIS
+@given(object_key=st.one_of(ANY_TEXT, PATHS), safe=st.sampled_from(["", "/"]))
+def test_quote_key_is_urllib_quote(object_key: str, safe: str) -> None:
+    """The read path's fast quoting checks cached URLs: it must agree with urllib exactly."""
+    assert quote_key(object_key, safe) == quote(object_key, safe=safe)
 
 
 @pytest.fixture

@@ -4,9 +4,10 @@ A cached value is readable text, never a pickle::
 
     1764205200 1764193500 9f2c4e1a https://campus-forum.oss-cn-hangzhou.aliyuncs.com/... p/1.jpg
 
-that is: URL expiry and end of the cache lifetime (Unix seconds), a tag of the signer (bucket),
-the URL verbatim, and the object key it was signed for. A value is served only when the tag and
-the object key match the row, so a stale value can never hand out the wrong file.
+that is: URL expiry and end of the cache lifetime (Unix seconds, ten digits), a tag of the
+signer (bucket), the URL verbatim, and the object key it was signed for. A value is served only
+when the tag and the object key match the row, so a stale value can never hand out the wrong
+file.
 """
 
 from __future__ import annotations
@@ -34,39 +35,59 @@ MAX_VALUE_BYTES = 16 * 1024
 Entry = tuple[str, int, int]
 
 
-def signer_tag(signer_name: str) -> bytes:
+def signer_tag(signer_name: str) -> str:
     """Eight hex characters naming the signer (bucket, endpoint) inside stored values."""
-    return hashlib.blake2b(signer_name.encode(), digest_size=4).hexdigest().encode()
+    return hashlib.blake2b(signer_name.encode(), digest_size=4).hexdigest()
 
 
-def encode_entry(entry: Entry, tag: bytes, object_key: str) -> bytes:
+def encode_entry(entry: Entry, tag: str, object_key: str) -> bytes:
     url, expires_at, cache_until = entry
-    return b"%d %d %b %b %b" % (expires_at, cache_until, tag, url.encode(), _key_bytes(object_key))
+    return b"%010d %010d %b %b %b" % (
+        expires_at,
+        cache_until,
+        tag.encode(),
+        url.encode(),
+        object_key.encode("utf-8", "surrogatepass"),
+    )
+
+
+# Field offsets: the two times are ten digits (zero-padded), the tag eight characters, so the
+# read path checks a value with slices and ``startswith`` instead of splitting it.
+_TAG_AT = 21  # " <tag> " between the cache lifetime and the URL
+_URL_AT = 31
 
 
 def match_entry(
-    raw: bytes | str | None, tag: bytes, object_key: str, now: float, min_validity: int
+    raw: bytes | str | None, tag: str, object_key: str, now: float, min_validity: int
 ) -> Entry | None:
     """The entry in ``raw`` if it is ours, for ``object_key`` and still servable, else ``None``.
 
-    Anything malformed is a miss, never an exception.
+    Anything malformed is a miss, never an exception. This runs once per row of every page
+    whose URLs come from Redis, so it avoids splitting and re-encoding.
     """
-    if raw is None:
+    if raw is None or len(raw) > MAX_VALUE_BYTES:
         return None
     try:
-        data = raw if type(raw) is bytes else str(raw).encode("utf-8", "surrogatepass")
-        if len(data) > MAX_VALUE_BYTES:
-            return None
-        expires, until, their_tag, url, their_key = data.split(b" ", 4)
-        if their_tag != tag or their_key != _key_bytes(object_key):
-            return None
-        expires_at = int(expires)
-        cache_until = int(until)
-        if cache_until <= now or expires_at - now < min_validity or not url:
-            return None
-        return (url.decode(), expires_at, cache_until)
-    except (ValueError, UnicodeError):  # malformed: wrong field count, not numbers, not text
+        data = raw.decode("utf-8", "surrogatepass") if type(raw) is bytes else str(raw)
+    except UnicodeError:
         return None
+    end = len(data) - len(object_key) - 1  # where the URL ends
+    if (
+        end <= _URL_AT
+        or data[10] != " "
+        or data[end] != " "
+        or not data.startswith(f" {tag} ", _TAG_AT)
+        or not data.endswith(object_key)
+    ):
+        return None
+    try:
+        expires_at = int(data[:10])
+        cache_until = int(data[11:21])
+    except ValueError:
+        return None
+    if cache_until <= now or expires_at - now < min_validity:
+        return None
+    return (data[_URL_AT:end], expires_at, cache_until)
 
 
 class StoredValue(NamedTuple):
@@ -76,7 +97,7 @@ class StoredValue(NamedTuple):
     url: str
     expires_at: int
     cache_until: int
-    tag: bytes
+    tag: str
     object_key: str
 
 
@@ -95,15 +116,11 @@ def decode_entry(raw: bytes | str | None) -> StoredValue | None:
             url.decode(),
             int(expires),
             int(until),
-            tag,
+            tag.decode("ascii"),
             object_key.decode("utf-8", "surrogatepass"),
         )
     except (ValueError, UnicodeError):
         return None
-
-
-def _key_bytes(object_key: str) -> bytes:
-    return object_key.encode("utf-8", "surrogatepass")
 
 
 class SharedStore(abc.ABC):

@@ -70,6 +70,9 @@ def client_from_url(url: str, *, socket_timeout: float, setting: str = "redis") 
         # so a silent server costs one socket_timeout, then the circuit breaker takes over.
         "retry": Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
         "retry_on_timeout": False,
+        # RESP2 unless the URL asks for ?protocol=3: redis-py's pure-Python RESP2 reader
+        # parses a 100-value MGET reply measurably faster, and nothing here needs RESP3.
+        "protocol": 2,
     }
     query = dict(part.split("=", 1) for part in parts.query.split("&") if "=" in part)
     if query.get("cluster", "").lower() in ("1", "true", "yes"):
@@ -160,7 +163,7 @@ class RedisStore(SharedStore):
     def get_many(self, keys: Sequence[str]) -> list[bytes | str | None]:
         if len(keys) == 1:
             try:
-                return [self.client.get(keys[0])]
+                return [self.client.get(keys[0].encode())]
             except Exception as exc:
                 # Another kind of value under our key (MGET answers nil for those): a miss,
                 # which the write then replaces; not a reason to call Redis down.
@@ -169,7 +172,8 @@ class RedisStore(SharedStore):
                 raise
         if self.cluster:
             return list(self.client.mget_nonatomic(keys))
-        return list(self.client.mget(keys))
+        # Keys go encoded: redis-py's per-argument encoder costs more than str.encode here.
+        return list(self.client.mget([key.encode() for key in keys]))
 
     def set_many(self, items: Sequence[tuple[str, bytes, int, int]]) -> None:
         pipe = self.client.pipeline(transaction=False)

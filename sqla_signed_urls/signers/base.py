@@ -3,8 +3,24 @@
 from __future__ import annotations
 
 import abc
+import re
+from urllib.parse import quote
 
 __all__ = ["Signer"]
+
+_PLAIN = re.compile(r"[A-Za-z0-9_.~/-]*").fullmatch
+
+
+def quote_key(object_key: str, safe: str = "") -> str:
+    """``urllib.parse.quote(object_key, safe=safe)`` for ``safe`` ``""`` or ``"/"``.
+
+    ``quote`` walks the key byte by byte in Python (about 4 us for a typical key); keys made
+    of unreserved characters and slashes, the common case, take one regex match instead. The
+    read path checks the prefix of every URL it takes from Redis with it.
+    """
+    if _PLAIN(object_key) is not None:
+        return object_key if safe == "/" else object_key.replace("/", "%2F")
+    return quote(object_key, safe=safe)
 
 
 class Signer(abc.ABC):
@@ -43,3 +59,8 @@ class Signer(abc.ABC):
         corrupted in Redis cannot send a page to another object or another host.
         """
         return None
+
+    def url_is_for(self, url: str, object_key: str) -> bool:
+        """Whether ``url`` begins with :meth:`url_prefix` (true when that cannot be told)."""
+        prefix = self.url_prefix(object_key)
+        return prefix is None or url.startswith(prefix)

@@ -6,10 +6,10 @@ import base64
 import hashlib
 import hmac
 import time
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..exceptions import ConfigurationError, SignatureError, SigningError
-from .base import Signer
+from .base import Signer, quote_key
 
 __all__ = ["LocalSigner"]
 
@@ -70,13 +70,13 @@ class LocalSigner(Signer):
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
     def url_prefix(self, object_key: str) -> str:
-        return f"{self.base_url}/{quote(object_key, safe='/')}?"
+        return f"{self.base_url}/{quote_key(object_key, safe='/')}?"
 
     def sign(self, object_key: str, *, expires_at: int) -> str:
         check_object_key(object_key)
         signature = self._signature(object_key, expires_at)
         return (
-            f"{self.base_url}/{quote(object_key, safe='/')}"
+            f"{self.base_url}/{quote_key(object_key, safe='/')}"
             f"?expires={expires_at}&signature={signature}"
         )
 

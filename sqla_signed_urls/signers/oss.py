@@ -6,10 +6,9 @@ import os
 import time
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote
 
 from ..exceptions import ConfigurationError, SigningError
-from .base import Signer
+from .base import Signer, quote_key
 
 __all__ = ["OSSSigner"]
 
@@ -78,7 +77,12 @@ class OSSSigner(Signer):
     def url_prefix(self, object_key: str) -> str | None:
         if self._url_base is None:
             return None
-        return f"{self._url_base}{quote(object_key, safe='')}?"
+        return f"{self._url_base}{quote_key(object_key)}?"
+
+    def url_is_for(self, url: str, object_key: str) -> bool:
+        # url_prefix() inlined: this runs for every URL read from Redis.
+        base = self._url_base
+        return base is None or url.startswith(f"{base}{quote_key(object_key)}?")
 
     def sign(self, object_key: str, *, expires_at: int) -> str:
         if not isinstance(object_key, str) or not object_key.strip():
