@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from .orm import Installation
 
-__all__ = ["SignedURLs", "Stats"]
+__all__ = ["SignedURLs", "Stats", "URLSpec"]
 
 log = logging.getLogger("sqla_signed_urls")
 _DEBUG = logging.DEBUG
@@ -300,6 +300,17 @@ class SignedURLs:
             )
         return spec
 
+    def url_spec(self, cls: type, attr: str = "url") -> URLSpec:
+        """What ``install()`` recorded for ``cls.<attr>`` (column, key prefix, primary key);
+        ``ConfigurationError`` when that is not a signed-URL attribute."""
+        return self._spec(cls, attr)
+
+    def installed_specs(self) -> list[URLSpec]:
+        """One :class:`URLSpec` per installed class and signed-URL attribute."""
+        if self._installation is None:
+            return []
+        return [spec for by_attr in self._installation.specs.values() for spec in by_attr.values()]
+
     def cache_key(self, obj: Any, attr: str = "url") -> str | None:
         """The Redis key ``obj``'s URL is cached under (``None`` without a primary key)."""
         return self._spec(type(obj), attr).key_for(obj)
@@ -561,6 +572,22 @@ class SignedURLs:
                 signals.url_signed.send(spec.cls, keys=done)
         return out
 
+    def sign_for_cache(
+        self, items: Iterable[tuple[str, str, URLSpec | None]], *, reason: str
+    ) -> list[tuple[str, bytes, int, int]]:
+        """Sign ``(cache key, object key, spec)`` items as a read would, and return the
+        ``(key, value, ttl, cache_until)`` writes for the caller to store (``spec`` may be
+        ``None`` for a key of no installed class). For maintenance (``CacheService``): counted
+        in ``signed``/``sign_errors``, not as misses, and kept out of the L1.
+        """
+        groups: dict[URLSpec | None, list[tuple[str, str]]] = {}
+        for key, object_key, spec in items:
+            groups.setdefault(spec, []).append((key, object_key))
+        writes: list[_Write] = []
+        for spec, group in groups.items():
+            self._sign(spec, group, writes, cached=False, reason=reason)
+        return [(key, value, ttl, until) for key, value, ttl, until, _ in writes]
+
     def _write(self, store: SharedStore | None, writes: list[_Write]) -> None:
         if store is None or not writes:
             return
@@ -647,10 +674,14 @@ class SignedURLs:
         self._unsent_invalidations.update(keys)
         return 0
 
-    def clear_local(self) -> None:
-        """Empty this process's in-process layer."""
-        if self._local is not None:
+    def clear_local(self, keys: Iterable[str] | None = None) -> None:
+        """Drop ``keys`` (every entry when ``None``) from this process's in-process layer."""
+        if self._local is None:
+            return
+        if keys is None:
             self._local.clear()
+        else:
+            self._local.discard(keys)
 
     # -- Redis health -----------------------------------------------------------------------
 

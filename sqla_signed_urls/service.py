@@ -23,7 +23,7 @@ from . import signals
 from ._keys import pk_part
 from .cache.base import decode_entry, encode_entry, match_entry, signer_tag
 from .cache.redis import RedisStore
-from .core import SignedURLs, URLSpec, _Write
+from .core import SignedURLs, URLSpec
 from .exceptions import CacheError, ConfigurationError, SigningError
 from .signers.base import Signer
 
@@ -127,9 +127,7 @@ class CacheService:
             with self._redis(f"clearing {key}"):
                 removed = store.delete_many([key])
                 store.publish(key)
-            local = getattr(self.urls, "_local", None)
-            if local is not None:
-                local.discard([key])
+            self.urls.clear_local([key])
         suffix = "" if file_id is None else f" for file {file_id}"
         log.info("Cleared %d cached URL(s)%s", removed, suffix)
         signals.cache_cleared.send(self, count=removed, file_id=file_id)
@@ -454,24 +452,16 @@ class CacheService:
 
         Counted in ``signed`` / ``sign_errors`` like any signing, but not as cache misses.
         """
-        groups: dict[URLSpec | None, list[tuple[str, str]]] = {}
-        for key, object_key in items:
-            groups.setdefault(specs.get(key), []).append((key, object_key))
-        writes: list[_Write] = []
-        for spec, group in groups.items():
-            self.urls._sign(spec, group, writes, cached=False, reason=reason)
-        return [(key, value, ttl, until) for key, value, ttl, until, _ in writes]
+        return self.urls.sign_for_cache(
+            [(key, object_key, specs.get(key)) for key, object_key in items], reason=reason
+        )
 
     def _specs_for(self, items: list[tuple[str, str]]) -> dict[str, URLSpec]:
         """The installed URL spec each cache key belongs to, where one does."""
-        installation = self.urls._installation
-        if installation is None or not items:
+        if not items:
             return {}
         prefixes = {
-            spec.prefix: spec
-            for by_attr in installation.specs.values()
-            for spec in by_attr.values()
-            if spec.cls is spec.owner
+            spec.prefix: spec for spec in self.urls.installed_specs() if spec.cls is spec.owner
         }
         by_prefix = sorted(prefixes.items(), key=lambda pair: -len(pair[0]))
         found: dict[str, URLSpec] = {}
@@ -495,14 +485,13 @@ class CacheService:
 
     def _spec_or_none(self) -> URLSpec | None:
         if self.model is not None:
-            return self.urls._spec(self.model, self.attr)
-        installation = self.urls._installation
-        specs = installation.specs if installation is not None else {}
-        owners = {spec.owner for by_attr in specs.values() for spec in by_attr.values()}
+            return self.urls.url_spec(self.model, self.attr)
+        specs = self.urls.installed_specs()
+        owners = {spec.owner for spec in specs}
         if len(owners) != 1:
             return None
         (owner,) = owners
-        return specs.get(owner, {}).get(self.attr)
+        return next((s for s in specs if s.cls is owner and s.attr == self.attr), None)
 
     def _target(self, doing: str) -> URLSpec:
         spec = self._spec_or_none()

@@ -1146,3 +1146,67 @@ def test_hits_send_no_signal_without_receivers_and_still_count(
     finally:
         signals.cache_hit.disconnect(receiver)
     assert len(sent) == 1  # the check above would have seen a send
+
+
+# == accessors the operations layer builds on ===================================================
+
+
+def test_clear_local_with_keys_drops_only_those(
+    make: Any,
+    sessions: sessionmaker[Session],
+    open_session: Callable[[], Session],
+    client: CallerCounting,
+) -> None:
+    urls = make(FakeSigner())
+    add(sessions, Doc, "a.png", "b.png")
+    a, b = load(open_session(), Doc)
+    warm(urls, a, b)
+
+    urls.clear_local([urls.cache_key(a) or ""])
+    client.reset()
+    _ = b.url
+    assert client.round_trips == 0  # still in the L1
+    _ = a.url
+    assert client.round_trips == 1  # dropped: read from Redis again
+
+
+def test_url_spec_and_installed_specs_describe_what_install_attached(make: Any) -> None:
+    from sqla_signed_urls import ConfigurationError
+
+    urls = make(FakeSigner())
+    spec = urls.url_spec(Doc)
+    assert (spec.cls, spec.attr, spec.column, spec.pk_attrs) == (Doc, "url", "object_key", ("id",))
+    assert {(s.cls, s.attr) for s in urls.installed_specs()} == {(Doc, "url"), (Photo, "url")}
+    with pytest.raises(ConfigurationError, match=r"Doc\.thumbnail is not a signed-URL attribute"):
+        urls.url_spec(Doc, "thumbnail")
+
+
+def test_sign_for_cache_returns_writes_and_keeps_them_out_of_the_l1(
+    make: Any,
+    sessions: sessionmaker[Session],
+    open_session: Callable[[], Session],
+    client: CallerCounting,
+) -> None:
+    signer = FakeSigner()
+    urls = make(signer)
+    (doc_id,) = add(sessions, Doc, "w.png")
+    [doc] = load(open_session(), Doc)
+    wait_live(urls, doc)  # signs and caches once
+    urls.clear_local()
+    client.raw.delete(urls.cache_key(doc) or "")
+    signed_before, misses_before = urls.stats.signed, urls.stats.misses
+
+    key = urls.cache_key(doc) or ""
+    writes = urls.sign_for_cache([(key, "w.png", urls.url_spec(Doc))], reason="warm")
+    [(written_key, value, ttl, until)] = writes
+    assert written_key == key == f"{urls.settings.key_prefix}{doc_id}"
+    assert value.endswith(b" w.png") and b"/w.png?" in value
+    assert 0 < ttl <= urls.settings.cache_ttl and until == pytest.approx(time.time() + ttl, abs=2)
+    assert (urls.stats.signed, urls.stats.misses) == (signed_before + 1, misses_before)
+    assert not client.raw.exists(key)  # the caller stores them
+
+    client.raw.set(key, value, ex=ttl)
+    client.reset()
+    calls = len(signer.calls)
+    assert doc.url is not None and urlsplit(doc.url).path == "/w.png"
+    assert client.round_trips == 1 and len(signer.calls) == calls  # from Redis, not the L1

@@ -67,8 +67,8 @@ def match_entry(
     """
     if raw is None or len(raw) > MAX_VALUE_BYTES:
         return None
-    try:
-        data = raw.decode("utf-8", "surrogatepass") if type(raw) is bytes else str(raw)
+    try:  # strict: signers reject keys with lone surrogates, so no value of ours holds one
+        data = raw.decode() if type(raw) is bytes else str(raw)
     except UnicodeError:
         return None
     end = len(data) - len(object_key) - 1  # where the URL ends
