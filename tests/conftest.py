@@ -162,11 +162,12 @@ def caplog_all(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     return caplog
 
 
-def wait_until(predicate: Callable[[], bool], what: str) -> None:
-    """Poll for something another thread or the server does; the deadline only guards
-    against hanging."""
-    deadline = time.monotonic() + 30
+def wait_until(predicate: Callable[[], bool], what: str, limit: float = 30.0) -> float:
+    """Poll for something another thread, process or the server does; return how long it took.
+    The limit only guards against hanging: it fails the test, it never times a behaviour."""
+    start = time.monotonic()
     while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
+        if time.monotonic() - start > limit:
+            pytest.fail(f"timed out after {limit:g} s waiting for {what}")
+        time.sleep(0.005)
+    return time.monotonic() - start

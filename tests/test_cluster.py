@@ -7,7 +7,6 @@ its own, which is also how environments share one cluster (a cluster has no db i
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from sqla_signed_urls import SignedURLs
 from sqla_signed_urls.testing import FakeSigner
 from sqla_signed_urls.types import ObjectKey
 
+from .conftest import wait_until
 from .servers import (
     RedisClusterGroup,
     SentinelGroup,
@@ -33,7 +33,6 @@ from .servers import (
     require_redis_cli,
 )
 
-DEADLINE = 20.0
 N_FILES = 60
 
 
@@ -53,23 +52,13 @@ def key_of(url: str | None) -> str:
     return unquote(urlsplit(url).path[1:])
 
 
-def wait_for(predicate: Callable[[], bool], what: str, deadline: float = DEADLINE) -> float:
-    """Wait (bounded) until ``predicate()``; return how long it took."""
-    start = time.monotonic()
-    while time.monotonic() - start < deadline:
-        if predicate():
-            return time.monotonic() - start
-        time.sleep(0.01)
-    raise AssertionError(f"gave up waiting ({deadline:g} s) for: {what}")
-
-
 def wait_listening(urls: SignedURLs) -> None:
     """Until the process's invalidation listener is subscribed (its in-process layer is live).
 
     The listener starts with the first read. Reads ``_local_live``: the one internal this
     module peeks at, because an L1 fill is otherwise invisible from outside.
     """
-    wait_for(lambda: bool(getattr(urls, "_local_live", True)), "the listener to subscribe")
+    wait_until(lambda: bool(getattr(urls, "_local_live", True)), "the listener to subscribe")
 
 
 @pytest.fixture(scope="module")
@@ -284,7 +273,7 @@ def test_invalidation_reaches_every_process_in_process_layer(
             assert key_of(reader.url_for(file)) == "posts/11/image.png"  # never wrong meanwhile
             return len(reader_signer.calls) == 2
 
-        wait_for(dropped, "the reader to drop its in-process copy")
+        wait_until(dropped, "the reader to drop its in-process copy")
     assert reader.stats.errors == 0
 
 

@@ -32,7 +32,7 @@ from sqla_signed_urls.cache.redis import client_from_url
 from sqla_signed_urls.signers import OSSSigner
 from sqla_signed_urls.testing import CountingRedis, FakeSigner
 
-from .conftest import REDIS_URL, RUN_ID
+from .conftest import REDIS_URL, RUN_ID, wait_until
 
 #: Upper bound for every wait on a background thread or a child process; nothing waits this
 #: long when things work.
@@ -109,14 +109,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def wait_until(condition: Callable[[], bool], what: str, limit: float = PATIENCE) -> None:
-    deadline = time.monotonic() + limit
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {limit:g} s")
-        time.sleep(0.005)
 
 
 def wait_live(urls: SignedURLs, obj: Any) -> None:

@@ -28,10 +28,9 @@ from sqla_signed_urls.cache.redis import client_from_url
 from sqla_signed_urls.testing import CountingRedis, FakeSigner
 from sqla_signed_urls.types import ObjectKey
 
+from .conftest import wait_until
 from .servers import RedisServer, SilentServer, free_port, require_redis_server
 
-#: Bounded waits for things that happen in the background (resubscribe, retried deletes).
-DEADLINE = 20.0
 OUTAGE = "Redis unavailable"
 
 
@@ -52,15 +51,6 @@ def key_of(url: str | None) -> str:
     assert parts.netloc == "files.test"
     assert parts.query.endswith("&sig=fake")
     return unquote(parts.path[1:])
-
-
-def wait_for(predicate: Callable[[], bool], what: str, deadline: float = DEADLINE) -> None:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"gave up waiting ({deadline:g} s) for: {what}")
 
 
 class Clock:
@@ -185,7 +175,7 @@ def test_redis_down_at_start_serves_signed_urls_and_recovers(
                 read_all(db, urls)
                 return check.exists("file_url:1") == 1
 
-            wait_for(cached, "caching to resume once Redis listens")
+            wait_until(cached, "caching to resume once Redis listens")
         assert urls.redis_available
         assert len(outage_warnings(caplog)) == 1
     finally:
@@ -217,7 +207,7 @@ def test_killed_mid_traffic_never_raises_and_recovers(
         return urls.stats.breaker_opened == 1
 
     # With the in-process layer on, pages may be served from it until the listener notices.
-    wait_for(noticed, "the breaker to open after the server was killed")
+    wait_until(noticed, "the breaker to open after the server was killed")
     assert urls.stats.errors >= 1
     assert len(outage_warnings(caplog)) == 1
 
@@ -228,7 +218,7 @@ def test_killed_mid_traffic_never_raises_and_recovers(
         with redis.Redis(port=server.port, socket_timeout=5) as check:
             return check.exists("file_url:1") == 1
 
-    wait_for(recovered, "caching to resume after the restart")
+    wait_until(recovered, "caching to resume after the restart")
     assert urls.redis_available
     assert urls.stats.breaker_opened == 1
     assert len(outage_warnings(caplog)) == 1
@@ -361,7 +351,7 @@ def test_one_warning_per_outage_and_counters_per_outage(
             read_all(db, urls)
             return urls.redis_available
 
-        wait_for(cached_again, f"recovery from outage {outage}")
+        wait_until(cached_again, f"recovery from outage {outage}")
         assert len(outage_warnings(caplog)) == outage
     assert urls.stats.errors >= 2
     # Two outages of 100+ page loads each: a handful of lines at WARNING, not hundreds.
@@ -398,7 +388,7 @@ def test_invalidation_while_down_is_retried_when_redis_is_back(
     durable_server.start()
     with redis.Redis(port=durable_server.port, socket_timeout=5) as check:
         # The stale value survived the restart (AOF) until the retried invalidation drops it.
-        wait_for(lambda: check.exists("file_url:5") == 0, "the retried invalidation")
+        wait_until(lambda: check.exists("file_url:5") == 0, "the retried invalidation")
         assert check.exists("file_url:4") == 1  # and nothing else was dropped
     assert key_of(read_all(db, urls)[4]) == "files/5-new.png"
 
