@@ -171,3 +171,20 @@ def wait_until(predicate: Callable[[], bool], what: str, limit: float = 30.0) ->
             pytest.fail(f"timed out after {limit:g} s waiting for {what}")
         time.sleep(0.005)
     return time.monotonic() - start
+
+
+def add_files(
+    db: sessionmaker[Session], *keys: str | None, file_type: str = "attachment"
+) -> list[int]:
+    """Insert one ``File`` row per object key; return their ids."""
+    with db() as session:
+        files = [File(object_key=key, file_type=file_type) for key in keys]
+        session.add_all(files)
+        session.commit()
+        return [f.id for f in files]
+
+
+def cache_files(urls: SignedURLs, db: sessionmaker[Session], ids: list[int]) -> list[str | None]:
+    """Resolve the rows' URLs, which caches them."""
+    with db() as session:
+        return urls.resolve([session.get(File, i) for i in ids])

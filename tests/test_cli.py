@@ -20,7 +20,7 @@ from sqla_signed_urls import CacheService, ObjectKey, SignedURLs, cli
 from sqla_signed_urls.cache.base import encode_entry, signer_tag
 from sqla_signed_urls.cli import main
 
-from .conftest import File
+from .conftest import File, add_files, cache_files
 
 SCRIPT = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "sqla-signed-urls"
 UNREACHABLE = "redis://127.0.0.1:1/0"
@@ -114,19 +114,6 @@ def run(runner: CliRunner, *args: str, env: dict[str, str] | None = None) -> Res
     return runner.invoke(main, list(args), env=env, catch_exceptions=False)
 
 
-def add_files(db: sessionmaker[Session], *keys: str, file_type: str = "attachment") -> list[int]:
-    with db() as session:
-        files = [File(object_key=key, file_type=file_type) for key in keys]
-        session.add_all(files)
-        session.commit()
-        return [f.id for f in files]
-
-
-def cache(urls: SignedURLs, db: sessionmaker[Session], ids: list[int]) -> None:
-    with db() as session:
-        urls.resolve([session.get(File, i) for i in ids])
-
-
 def assert_one_line_error(result: Result, code: int, fragment: str) -> None:
     assert result.exit_code == code, result.output
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -142,8 +129,8 @@ def test_stats_table_and_json(
     runner: CliRunner, service: CacheService, urls: SignedURLs, db: Any
 ) -> None:
     ids = add_files(db, "a.png", "b.png")
-    cache(urls, db, ids)
-    cache(urls, db, ids)
+    cache_files(urls, db, ids)
+    cache_files(urls, db, ids)
 
     table = run(runner, *APP, "stats")
     assert table.exit_code == 0
@@ -160,7 +147,7 @@ def test_clear_one_and_all(
     runner: CliRunner, service: CacheService, urls: SignedURLs, db: Any
 ) -> None:
     ids = add_files(db, "a.png", "b.png", "c.png")
-    cache(urls, db, ids)
+    cache_files(urls, db, ids)
 
     one = run(runner, *APP, "clear", "--file-id", str(ids[0]))
     assert one.exit_code == 0
@@ -397,7 +384,7 @@ def test_redis_url_mode_against_a_real_server(
     key_prefix: str,
 ) -> None:
     ids = add_files(db, "a.png", "b.png")
-    cache(urls, db, ids)
+    cache_files(urls, db, ids)
     urls.flush_stats()
     base = ["--redis-url", real_redis_url, "--key-prefix", key_prefix]
 

@@ -8,20 +8,12 @@ from typing import Any
 
 import pytest
 from sqlalchemy import ForeignKey, String, delete, text, update
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from sqla_signed_urls import ConfigurationError, ObjectKey, SignedURLs, SigningError, signals
 from sqla_signed_urls.testing import FakeSigner
 
-from .conftest import Base, File, wait_until
-
-
-def add_files(db: sessionmaker[Session], *keys: str | None) -> list[int]:
-    with db() as session:
-        files = [File(object_key=key) for key in keys]
-        session.add_all(files)
-        session.commit()
-        return [f.id for f in files]
+from .conftest import Base, File, add_files, wait_until
 
 
 class Recorder:

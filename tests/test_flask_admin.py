@@ -18,23 +18,10 @@ from sqla_signed_urls import CacheService, ConfigurationError, ObjectKey, Signed
 from sqla_signed_urls.flask import FlaskSignedURLs, admin_blueprint, init_app
 from sqla_signed_urls.testing import FakeSigner
 
-from .conftest import REDIS_URL, File
+from .conftest import REDIS_URL, File, add_files, cache_files
 
 TOKEN = "s3cret-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def add_files(db: sessionmaker[Session], *keys: str, file_type: str = "attachment") -> list[int]:
-    with db() as session:
-        files = [File(object_key=key, file_type=file_type) for key in keys]
-        session.add_all(files)
-        session.commit()
-        return [f.id for f in files]
-
-
-def cache(urls: SignedURLs, db: sessionmaker[Session], ids: list[int]) -> None:
-    with db() as session:
-        urls.resolve([session.get(File, i) for i in ids])
 
 
 @pytest.fixture
@@ -76,7 +63,7 @@ def test_missing_or_wrong_token_is_401_json_and_does_nothing(
     key_prefix: str,
     headers: dict[str, str],
 ) -> None:
-    cache(urls, db, add_files(db, "a.png"))
+    cache_files(urls, db, add_files(db, "a.png"))
     for method, path in [
         ("GET", "/stats"),
         ("POST", "/clear"),
@@ -120,8 +107,8 @@ def test_blueprint_needs_a_service() -> None:
 
 def test_stats_endpoint(client: FlaskClient, urls: SignedURLs, db: Any) -> None:
     ids = add_files(db, "a.png", "b.png")
-    cache(urls, db, ids)
-    cache(urls, db, ids)
+    cache_files(urls, db, ids)
+    cache_files(urls, db, ids)
 
     response = client.get("/api/admin/cache/stats", headers=AUTH)
 
@@ -137,7 +124,7 @@ def test_clear_one_and_all(
     client: FlaskClient, urls: SignedURLs, db: Any, redis_client: Any, key_prefix: str
 ) -> None:
     ids = add_files(db, "a.png", "b.png", "c.png")
-    cache(urls, db, ids)
+    cache_files(urls, db, ids)
 
     one = client.post("/api/admin/cache/clear", headers=AUTH, json={"file_id": ids[0]})
     assert (one.status_code, one.get_json()) == (200, {"cleared": 1})
@@ -151,7 +138,7 @@ def test_clear_one_and_all(
 def test_clear_with_no_body_at_all_clears_everything(
     client: FlaskClient, urls: SignedURLs, db: Any
 ) -> None:
-    cache(urls, db, add_files(db, "a.png"))
+    cache_files(urls, db, add_files(db, "a.png"))
     response = client.post("/api/admin/cache/clear", headers=AUTH)
     assert response.get_json() == {"cleared": 1}
 
@@ -223,7 +210,7 @@ def test_bad_fields_are_400_naming_the_field_and_nothing_happens(
     body: bytes,
     field: str,
 ) -> None:
-    cache(urls, db, add_files(db, "a.png"))
+    cache_files(urls, db, add_files(db, "a.png"))
     calls = len(signer.calls)
     response = client.post(
         f"/api/admin/cache{path}",
@@ -241,7 +228,7 @@ def test_bad_fields_are_400_naming_the_field_and_nothing_happens(
 def test_malformed_bodies_are_400(
     client: FlaskClient, urls: SignedURLs, db: Any, redis_client: Any, key_prefix: str, body: bytes
 ) -> None:
-    cache(urls, db, add_files(db, "a.png"))
+    cache_files(urls, db, add_files(db, "a.png"))
     response = client.post(
         "/api/admin/cache/clear",
         headers={**AUTH, "Content-Type": "application/json"},
@@ -307,7 +294,7 @@ def test_wrong_method_is_405_json_with_allow(
     path: str,
     allowed: set[str],
 ) -> None:
-    cache(urls, db, add_files(db, "a.png"))
+    cache_files(urls, db, add_files(db, "a.png"))
     response = client.open(f"/api/admin/cache{path}", method=method, headers=AUTH)
     assert response.status_code == 405
     assert response.is_json

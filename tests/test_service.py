@@ -26,23 +26,7 @@ from sqla_signed_urls.cache.base import encode_entry, signer_tag
 from sqla_signed_urls.service import RedisOnlySigner
 from sqla_signed_urls.testing import FakeSigner
 
-from .conftest import REDIS_URL, File, wait_until
-
-
-def add_files(
-    db: sessionmaker[Session], *keys: str | None, file_type: str = "attachment"
-) -> list[int]:
-    with db() as session:
-        files = [File(object_key=key, file_type=file_type) for key in keys]
-        session.add_all(files)
-        session.commit()
-        return [f.id for f in files]
-
-
-def cache_files(urls: SignedURLs, db: sessionmaker[Session], ids: list[int]) -> list[str | None]:
-    with db() as session:
-        files = [session.get(File, i) for i in ids]
-        return urls.resolve(files)
+from .conftest import REDIS_URL, File, add_files, cache_files, wait_until
 
 
 def raw_key(redis_client: Any, key: str) -> bytes | None:
