@@ -336,6 +336,7 @@ class SignedURLs:
         if local is not None and self._local_live:
             entry = local.get(key)
             if entry is not None and entry[0] == object_key and entry[2] > _time():
+                # _count_hits() inlined: this is the path the L1-hit target measures.
                 self.stats.hits += 1
                 if signals.cache_hit.receivers:
                     signals.cache_hit.send(spec.cls, keys=[key])
@@ -359,11 +360,7 @@ class SignedURLs:
                 if entry is not None and self.signer.url_is_for(entry[0], object_key):
                     if self._local is not None:
                         self._remember([(key, object_key, entry)])
-                    self.stats.hits += 1
-                    if signals.cache_hit.receivers:
-                        signals.cache_hit.send(spec.cls, keys=[key])
-                    if log.isEnabledFor(_DEBUG):
-                        log.debug("Using cached URL for file %s", _ident(key, spec))
+                    self._count_hits(1, {spec: [key]})
                     return entry[0]
         self._count_misses(spec, [key])
         with self._flights_lock:
