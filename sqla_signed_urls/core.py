@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from . import signals
 from ._keys import pk_part
-from .cache.base import Entry, SharedStore, encode_entry, match_entry, signer_tag
-from .cache.local import LocalCache, LocalEntry
+from .cache.base import Servable, SharedStore, encode_entry, match_entry, signer_tag
+from .cache.local import LocalCache
 from .cache.redis import RedisStore, client_from_url
 from .config import Settings
 from .exceptions import ConfigurationError, SigningError
@@ -35,8 +35,6 @@ _MISSING: Any = object()
 _FLIGHT_WAIT = 10.0
 #: A queued cache write: key, encoded value, TTL, end of cache lifetime, id for the log line.
 _Write = tuple[str, bytes, int, int, str]
-#: A row ``resolve`` reads from Redis: result index, object key, its spec.
-_Row = tuple[int, str, "URLSpec"]
 
 #: Counters kept per process and added up fleet-wide in Redis (``<prefix>#stats``).
 COUNTERS = ("hits", "misses", "signed", "errors", "sign_errors", "invalidations", "breaker_opened")
@@ -336,12 +334,7 @@ class SignedURLs:
         if local is not None and self._local_live:
             entry = local.get(key)
             if entry is not None and entry[0] == object_key and entry[2] > _time():
-                # _count_hits() inlined: this is the path the L1-hit target measures.
-                self.stats.hits += 1
-                if signals.cache_hit.receivers:
-                    signals.cache_hit.send(spec.cls, keys=[key])
-                if log.isEnabledFor(_DEBUG):
-                    log.debug("Using cached URL for file %s", _ident(key, spec))
+                self._count_hit(spec, key)
                 return entry[1]
         return self._lookup(spec, key, object_key)
 
@@ -357,11 +350,10 @@ class SignedURLs:
                 if self._outage:
                     self._cache_ok()
                 entry = match_entry(raw, self._tag, object_key, _time(), self._min_validity)
-                if entry is not None and self.signer.url_is_for(entry[0], object_key):
-                    if self._local is not None:
-                        self._remember([(key, object_key, entry)])
-                    self._count_hits(1, {spec: [key]})
-                    return entry[0]
+                if entry is not None and self.signer.url_is_for(entry[1], object_key):
+                    self._remember([(key, entry)])
+                    self._count_hit(spec, key)
+                    return entry[1]
         self._count_misses(spec, [key])
         with self._flights_lock:
             flight = self._flights.get(key)
@@ -394,10 +386,12 @@ class SignedURLs:
         """
         objects = objects if isinstance(objects, list) else list(objects)
         results: list[str | None] = [None] * len(objects)
-        # What the in-process layer did not answer, by Redis key in input order:
-        # (result index, object key, spec). A key listed again is answered after the others.
-        wanted: dict[str, _Row] = {}
-        again: list[tuple[str, _Row]] = []
+        # What the in-process layer did not answer, as parallel lists in input order: the
+        # Redis key, object key, result index and spec of each row (cheaper than a tuple each).
+        keys: list[str] = []
+        object_keys: list[str] = []
+        indexes: list[int] = []
+        specs: list[URLSpec] = []
         local = self._local
         # An empty L1 (a new process, just cleared) is not asked row by row.
         local_get = local.get if local and self._local_live else None
@@ -433,21 +427,48 @@ class SignedURLs:
                     if hits is not None:
                         hits.setdefault(spec, []).append(key)
                     continue
-            row = (i, object_key, spec)
-            if wanted.setdefault(key, row) is not row:
-                again.append((key, row))
+            keys.append(key)
+            object_keys.append(object_key)
+            indexes.append(i)
+            specs.append(spec)
         self._count_hits(hit_count, hits)
-        if wanted:
-            self._resolve_shared(list(wanted), list(wanted.values()), results)
-        for key, (i, object_key, spec) in again:
-            first, first_object_key, _ = wanted[key]
-            if first_object_key == object_key:
-                results[i] = results[first]
-            else:  # two loaded copies of one row that disagree (another session's edit)
-                results[i] = self._url(objects[i], spec)
+        if not keys:
+            return results
+        if len(set(keys)) == len(keys):
+            self._resolve_shared(keys, object_keys, indexes, specs, results)
+            return results
+        # An object listed twice (or two loaded copies of one row): each key is read and
+        # signed once, the repeats answered afterwards.
+        first: dict[str, int] = {}
+        for pos, key in enumerate(keys):
+            first.setdefault(key, pos)
+        keep = sorted(first.values())
+        self._resolve_shared(
+            [keys[p] for p in keep],
+            [object_keys[p] for p in keep],
+            [indexes[p] for p in keep],
+            [specs[p] for p in keep],
+            results,
+        )
+        for pos, key in enumerate(keys):
+            earlier = first[key]
+            if earlier == pos:
+                continue
+            i = indexes[pos]
+            if object_keys[pos] == object_keys[earlier]:
+                results[i] = results[indexes[earlier]]
+            else:  # copies that disagree (another session's edit): each gets its own URL
+                results[i] = self._url(objects[i], specs[pos])
         return results
 
-    def _resolve_shared(self, keys: list[str], rows: list[_Row], results: list[str | None]) -> None:
+    def _resolve_shared(
+        self,
+        keys: list[str],
+        object_keys: list[str],
+        indexes: list[int],
+        specs: list[URLSpec],
+        results: list[str | None],
+    ) -> None:
         store = self._store_if_up()
         raws: Sequence[bytes | str | None] = ()
         if store is not None:
@@ -459,52 +480,46 @@ class SignedURLs:
             else:
                 if self._outage:
                     self._cache_ok()
-        tag, min_validity, now = self._tag, self._min_validity, _time()
-        url_is_for = self.signer.url_is_for
         hits: dict[URLSpec, list[str]] | None = None
         if signals.cache_hit.receivers or log.isEnabledFor(_DEBUG):
             hits = {}
-        fresh: list[tuple[str, LocalEntry]] = []
-        to_sign: dict[URLSpec, list[tuple[str, str]]] = {}
-        to_fill: dict[str, int] = {}
-        raws = raws or [None] * len(keys)
-        for key, raw, (i, object_key, spec) in zip(keys, raws, rows, strict=True):
-            entry = match_entry(raw, tag, object_key, now, min_validity)
-            if entry is not None:
-                url, expires_at, until = entry
-                if url_is_for(url, object_key):
-                    results[i] = url
-                    # Written under other settings, maybe: this process's minimum-validity
-                    # rule bounds the L1 entry as well.
-                    if expires_at - min_validity < until:
-                        until = expires_at - min_validity
-                    fresh.append((key, (object_key, url, until)))
-                    if hits is not None:
-                        hits.setdefault(spec, []).append(key)
+        fresh: list[tuple[str, Servable]] = []
+        missed: list[int] = []  # positions to sign
+        if raws:
+            tag, min_validity, now = self._tag, self._min_validity, _time()
+            # Prefixes for the whole page at once: a batch is cheaper than a key at a time.
+            prefixes = self.signer.url_prefixes(object_keys)
+            rows = zip(keys, raws, object_keys, prefixes, strict=True)
+            for pos, (key, raw, object_key, prefix) in enumerate(rows):
+                entry = match_entry(raw, tag, object_key, now, min_validity)
+                if entry is None or (prefix is not None and not entry[1].startswith(prefix)):
+                    missed.append(pos)
                     continue
-            to_sign.setdefault(spec, []).append((key, object_key))
-            to_fill[key] = i
-        if self._local is not None and self._local_live:
-            self._local.set_many(fresh)
-        self._count_hits(len(fresh), hits)
+                results[indexes[pos]] = entry[1]
+                fresh.append((key, entry))
+                if hits is not None:
+                    hits.setdefault(specs[pos], []).append(key)
+            self._remember(fresh)
+            self._count_hits(len(fresh), hits)
+        else:
+            missed = list(range(len(keys)))
+        if not missed:
+            return
+        to_sign: dict[URLSpec, list[tuple[str, str]]] = {}
+        position: dict[str, int] = {}
+        for pos in missed:
+            to_sign.setdefault(specs[pos], []).append((keys[pos], object_keys[pos]))
+            position[keys[pos]] = pos
         writes: list[_Write] = []
         for spec, items in to_sign.items():
             self._count_misses(spec, [key for key, _ in items])
             for key, signed in self._sign(spec, items, writes, store is not None).items():
-                results[to_fill[key]] = signed
+                results[indexes[position[key]]] = signed
         self._write(store, writes)
 
-    def _remember(self, items: list[tuple[str, str, Entry]]) -> None:
+    def _remember(self, items: list[tuple[str, Servable]]) -> None:
         if self._local is not None and self._local_live and items:
-            # Another process may have written the value under other settings: this
-            # process's minimum-validity rule bounds the L1 entry as well.
-            min_validity = self._min_validity
-            self._local.set_many(
-                [
-                    (key, (object_key, url, min(until, expires - min_validity)))
-                    for key, object_key, (url, expires, until) in items
-                ]
-            )
+            self._local.set_many(items)
 
     # -- signing ----------------------------------------------------------------------------
 
@@ -541,7 +556,7 @@ class SignedURLs:
         base_ttl = expires_at - self._min_validity - now_i
         out: dict[str, str | None] = {}
         done: list[str] = []
-        fresh: list[tuple[str, str, Entry]] = []
+        fresh: list[tuple[str, Servable]] = []
         info = log.isEnabledFor(logging.INFO)
         for key, object_key in items:
             if info:
@@ -557,10 +572,10 @@ class SignedURLs:
             ttl = base_ttl - int(random.random() * (self._jitter + 1))
             if ttl < 1:
                 continue
-            entry = (url, expires_at, now_i + ttl)
-            value = encode_entry(entry, self._tag, object_key)
-            writes.append((key, value, ttl, now_i + ttl, _ident(key, spec) if info else ""))
-            fresh.append((key, object_key, entry))
+            until = now_i + ttl  # at most expires_at - min_validity: base_ttl says so
+            value = encode_entry((url, expires_at, until), self._tag, object_key)
+            writes.append((key, value, ttl, until, _ident(key, spec) if info else ""))
+            fresh.append((key, (object_key, url, until)))
         if cached:
             self._remember(fresh)
         if done:
@@ -608,6 +623,13 @@ class SignedURLs:
             signals.sign_failed.send(spec.cls, keys=[key] if key else [], error=error)
 
     # -- counting ---------------------------------------------------------------------------
+
+    def _count_hit(self, spec: URLSpec, key: str) -> None:
+        self.stats.hits += 1
+        if signals.cache_hit.receivers:
+            signals.cache_hit.send(spec.cls, keys=[key])
+        if log.isEnabledFor(_DEBUG):
+            log.debug("Using cached URL for file %s", _ident(key, spec))
 
     def _count_hits(self, count: int, keys_by_spec: dict[URLSpec, list[str]] | None) -> None:
         """Count ``count`` hits; with keys collected, send ``cache_hit`` and log them."""

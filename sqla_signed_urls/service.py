@@ -262,7 +262,7 @@ class CacheService:
         to_sign: list[tuple[str, str]] = []
         for item, raw in zip(items, raws, strict=True):
             entry = match_entry(raw, tag, item[1], now, min_validity)
-            if entry is None or not self.urls.signer.url_is_for(entry[0], item[1]):
+            if entry is None or not self.urls.signer.url_is_for(entry[1], item[1]):
                 to_sign.append(item)
         writes = self._sign(to_sign, {key: spec for key, _ in to_sign}, reason="warm")
         if writes:

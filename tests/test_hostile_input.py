@@ -36,7 +36,7 @@ from sqlalchemy.pool import StaticPool
 
 from sqla_signed_urls import ConfigurationError, SignedURLs, SigningError, signals
 from sqla_signed_urls.signers import LocalSigner, OSSSigner
-from sqla_signed_urls.signers.base import quote_key
+from sqla_signed_urls.signers.base import quote_key, quote_keys
 from sqla_signed_urls.testing import CountingRedis, FakeSigner
 from sqla_signed_urls.types import ObjectKey
 
@@ -445,6 +445,19 @@ def test_any_key_oss_signer(object_key: str) -> None:
 def test_quote_key_is_urllib_quote(object_key: str, safe: str) -> None:
     """The read path's fast quoting checks cached URLs: it must agree with urllib exactly."""
     assert quote_key(object_key, safe) == quote(object_key, safe=safe)
+
+
+PLAIN_KEYS = st.text(alphabet="abcXYZ019_.~-/", max_size=30)
+
+
+@HYPOTHESIS
+@given(
+    object_keys=st.lists(st.one_of(PLAIN_KEYS, PLAIN_KEYS.map(lambda k: k + "\n"), ANY_TEXT)),
+    safe=st.sampled_from(["", "/"]),
+)
+def test_quote_keys_is_urllib_quote_of_each(object_keys: list[str], safe: str) -> None:
+    """The page-at-once quoting: mostly plain keys, some with a newline or anything else."""
+    assert quote_keys(object_keys, safe) == [quote(key, safe=safe) for key in object_keys]
 
 
 @pytest.fixture

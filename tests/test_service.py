@@ -331,16 +331,15 @@ def test_warm_streams_in_batches_one_mget_and_one_pipeline_each(
 def test_warm_served_urls_keep_min_validity(
     service: CacheService, urls: SignedURLs, db: Any
 ) -> None:
-    from sqla_signed_urls.cache.base import match_entry
+    from sqla_signed_urls.cache.base import decode_entry
 
     (fid,) = add_files(db, "x.png")
     service.warm_file_url_cache()
-    raw = raw_key(urls.redis, urls.cache_key(_file(db, fid)) or "")
-    tag = signer_tag(urls.signer.name)
-    entry = match_entry(raw, tag, "x.png", time.time(), urls.settings.min_validity)
-    assert entry is not None
-    _url, expires_at, cache_until = entry
-    assert expires_at - cache_until >= urls.settings.min_validity
+    value = decode_entry(raw_key(urls.redis, urls.cache_key(_file(db, fid)) or ""))
+    assert value is not None
+    assert value.tag == signer_tag(urls.signer.name) and value.object_key == "x.png"
+    assert value.expires_at - value.cache_until >= urls.settings.min_validity
+    assert value.cache_until > time.time()
 
 
 def _file(db: Any, fid: int) -> File:

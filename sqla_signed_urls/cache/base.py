@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 __all__ = [
     "Entry",
+    "Servable",
     "SharedStore",
     "StoredValue",
     "decode_entry",
@@ -31,8 +32,11 @@ __all__ = [
 MAX_VALUE_BYTES = 16 * 1024
 
 
-#: One cached URL: ``(url, expires_at, cache_until)``. A plain tuple: built on every read.
+#: One cached URL: ``(url, expires_at, cache_until)``.
 Entry = tuple[str, int, int]
+#: What a read may serve: ``(object_key, url, servable_until)``. A plain tuple: built on
+#: every read, and stored as it is in the in-process layer.
+Servable = tuple[str, str, int]
 
 
 def signer_tag(signer_name: str) -> str:
@@ -59,8 +63,12 @@ _URL_AT = 31
 
 def match_entry(
     raw: bytes | str | None, tag: str, object_key: str, now: float, min_validity: int
-) -> Entry | None:
-    """The entry in ``raw`` if it is ours, for ``object_key`` and still servable, else ``None``.
+) -> Servable | None:
+    """``(object_key, url, servable_until)`` if ``raw`` is ours, for ``object_key`` and
+    servable now, else ``None``. ``servable_until`` is the end of the cache lifetime or the
+    last second the URL still has ``min_validity`` left, whichever comes first (a value written
+    under other settings may end its cache lifetime later); the in-process layer stores exactly
+    this tuple.
 
     Anything malformed is a miss, never an exception. This runs once per row of every page
     whose URLs come from Redis, so it avoids splitting and re-encoding.
@@ -81,13 +89,15 @@ def match_entry(
     ):
         return None
     try:
-        expires_at = int(data[:10])
-        cache_until = int(data[11:21])
+        until = int(data[11:21])
+        valid_until = int(data[:10]) - min_validity
     except ValueError:
         return None
-    if cache_until <= now or expires_at - now < min_validity:
+    if valid_until < until:
+        until = valid_until
+    if until <= now:
         return None
-    return (data[_URL_AT:end], expires_at, cache_until)
+    return (object_key, data[_URL_AT:end], until)
 
 
 class StoredValue(NamedTuple):

@@ -50,11 +50,11 @@ class LocalCache:
                 self._data.popitem(last=False)
 
     def set_many(self, items: Iterable[tuple[str, LocalEntry]]) -> None:
+        """Store many entries at once. They are keys the caller just missed, so a key already
+        present (put there by another thread meanwhile) keeps its place in the LRU order."""
         data = self._data
         with self._lock:
-            for key, entry in items:
-                data[key] = entry
-                data.move_to_end(key)
+            data.update(items)
             while len(data) > self.maxsize:
                 data.popitem(last=False)
 

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import abc
 import re
+import string
+from collections.abc import Sequence
 from urllib.parse import quote
 
 __all__ = ["Signer"]
 
 _PLAIN = re.compile(r"[A-Za-z0-9_.~/-]*").fullmatch
+#: What quote() leaves alone with safe="/" (unreserved characters and "/"), plus the newline
+#: quote_keys() joins keys with.
+_PLAIN_BYTES = (string.ascii_letters + string.digits + "_.~-/\n").encode()
 
 
 def quote_key(object_key: str, safe: str = "") -> str:
@@ -21,6 +26,19 @@ def quote_key(object_key: str, safe: str = "") -> str:
     if _PLAIN(object_key) is not None:
         return object_key if safe == "/" else object_key.replace("/", "%2F")
     return quote(object_key, safe=safe)
+
+
+def quote_keys(object_keys: Sequence[str], safe: str = "") -> list[str]:
+    """:func:`quote_key` of each key. A page's keys, when all plain, are checked and quoted in
+    one pass over their join instead of one regex match each (a third of the cost)."""
+    joined = "\n".join(object_keys)
+    if (
+        joined.isascii()
+        and not joined.encode().translate(None, _PLAIN_BYTES)
+        and joined.count("\n") == len(object_keys) - 1  # no key holds a newline itself
+    ):
+        return (joined if safe == "/" else joined.replace("/", "%2F")).split("\n")
+    return [quote_key(key, safe) for key in object_keys]
 
 
 class Signer(abc.ABC):
@@ -59,6 +77,10 @@ class Signer(abc.ABC):
         corrupted in Redis cannot send a page to another object or another host.
         """
         return None
+
+    def url_prefixes(self, object_keys: Sequence[str]) -> list[str | None]:
+        """:meth:`url_prefix` of each key; override it when a batch is cheaper."""
+        return [self.url_prefix(key) for key in object_keys]
 
     def url_is_for(self, url: str, object_key: str) -> bool:
         """Whether ``url`` begins with :meth:`url_prefix` (true when that cannot be told)."""

@@ -6,10 +6,11 @@ import base64
 import hashlib
 import hmac
 import time
+from collections.abc import Sequence
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..exceptions import ConfigurationError, SignatureError, SigningError
-from .base import Signer, quote_key
+from .base import Signer, quote_key, quote_keys
 
 __all__ = ["LocalSigner"]
 
@@ -71,6 +72,9 @@ class LocalSigner(Signer):
 
     def url_prefix(self, object_key: str) -> str:
         return f"{self.base_url}/{quote_key(object_key, safe='/')}?"
+
+    def url_prefixes(self, object_keys: Sequence[str]) -> list[str | None]:
+        return [f"{self.base_url}/{quoted}?" for quoted in quote_keys(object_keys, safe="/")]
 
     def sign(self, object_key: str, *, expires_at: int) -> str:
         check_object_key(object_key)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..exceptions import ConfigurationError, SigningError
-from .base import Signer, quote_key
+from .base import Signer, quote_key, quote_keys
 
 __all__ = ["OSSSigner"]
 
@@ -79,10 +79,11 @@ class OSSSigner(Signer):
             return None
         return f"{self._url_base}{quote_key(object_key)}?"
 
-    def url_is_for(self, url: str, object_key: str) -> bool:
-        # url_prefix() inlined: this runs for every URL read from Redis.
+    def url_prefixes(self, object_keys: Sequence[str]) -> list[str | None]:
         base = self._url_base
-        return base is None or url.startswith(f"{base}{quote_key(object_key)}?")
+        if base is None:
+            return [None] * len(object_keys)
+        return [f"{base}{quoted}?" for quoted in quote_keys(object_keys)]
 
     def sign(self, object_key: str, *, expires_at: int) -> str:
         if not isinstance(object_key, str) or not object_key.strip():
