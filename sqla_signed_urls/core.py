@@ -395,10 +395,7 @@ class SignedURLs:
         local = self._local
         # An empty L1 (a new process, just cleared) is not asked row by row.
         local_get = local.get if local and self._local_live else None
-        # Hit keys are collected per class only for a receiver or the debug log.
-        hits: dict[URLSpec, list[str]] | None = None
-        if signals.cache_hit.receivers or log.isEnabledFor(_DEBUG):
-            hits = {}
+        hits = self._hit_keys()
         hit_count = 0
         now = _time()
         cls: type | None = None
@@ -480,9 +477,7 @@ class SignedURLs:
             else:
                 if self._outage:
                     self._cache_ok()
-        hits: dict[URLSpec, list[str]] | None = None
-        if signals.cache_hit.receivers or log.isEnabledFor(_DEBUG):
-            hits = {}
+        hits = self._hit_keys()
         fresh: list[tuple[str, Servable]] = []
         missed: list[int] = []  # positions to sign
         if raws:
@@ -623,6 +618,14 @@ class SignedURLs:
             signals.sign_failed.send(spec.cls, keys=[key] if key else [], error=error)
 
     # -- counting ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _hit_keys() -> dict[URLSpec, list[str]] | None:
+        """Where a batch collects its hit keys per class: only when a ``cache_hit`` receiver
+        or the debug log wants them; otherwise hits are just counted."""
+        if signals.cache_hit.receivers or log.isEnabledFor(_DEBUG):
+            return {}
+        return None
 
     def _count_hit(self, spec: URLSpec, key: str) -> None:
         self.stats.hits += 1
