@@ -1,14 +1,4 @@
-"""Helpers for tests, ours and yours: a round-trip counting Redis wrapper and a fake signer.
-
-::
-
-    from sqla_signed_urls.testing import CountingRedis, FakeSigner
-
-    client = CountingRedis(fakeredis.FakeRedis())
-    urls = SignedURLs(FakeSigner(), redis=client)
-    urls.resolve(files)
-    assert client.round_trips == 1
-"""
+"""Round-trip counting Redis wrapper and a fake signer (re-exported by ``testing``)."""
 
 from __future__ import annotations
 
@@ -16,7 +6,7 @@ import threading
 from collections import Counter
 from typing import Any
 
-from .signers.base import Signer
+from ..signers.base import Signer
 
 __all__ = ["CountingRedis", "FakeSigner"]
 

@@ -1,0 +1,22 @@
+"""Helpers for tests, ours and yours.
+
+- :class:`CountingRedis` counts the Redis round trips a page costs;
+- :class:`FakeSigner` signs deterministic URLs and can be told to fail;
+- :func:`check_signer` checks a signer of your own against the contract the cache relies on;
+- :class:`SharedStoreContract` is the contract test suite of shared stores.
+
+::
+
+    from sqla_signed_urls.testing import CountingRedis, FakeSigner
+
+    client = CountingRedis(fakeredis.FakeRedis())
+    urls = SignedURLs(FakeSigner(), redis=client)
+    urls.resolve(files)
+    assert client.round_trips == 1
+"""
+
+from __future__ import annotations
+
+from ._helpers import CountingRedis, FakeSigner
+
+__all__ = ["CountingRedis", "FakeSigner"]
