@@ -1,9 +1,9 @@
-"""Fault figures (issue 6): what Redis trouble costs a page, measured in one run.
+"""Fault figures: what Redis trouble costs a page, measured in one run.
 
     .venv/bin/python benchmarks/bench_faults.py
 
 Starts its own throwaway ``redis-server`` processes and a silent socket on loopback ports
-(``tests/servers.py``), so it needs ``redis-server`` on PATH and nothing else. Prints:
+(``tests/servers/_processes.py``), so it needs ``redis-server`` on PATH and nothing else. Prints:
 
 - added time per ``file.url`` while the circuit breaker is open (median, µs), next to plain
   signing of the same key with the same signer (oss2 V1 offline, LocalSigner);
@@ -36,7 +36,7 @@ from sqlalchemy.pool import StaticPool  # noqa: E402
 
 from sqla_signed_urls import ObjectKey, SignedURLs  # noqa: E402
 from sqla_signed_urls.signers import LocalSigner, OSSSigner  # noqa: E402
-from tests.servers import RedisServer, SilentServer, free_port  # noqa: E402
+from tests.servers._processes import RedisServer, SilentServer, free_port  # noqa: E402
 
 perf_ns = time.perf_counter_ns
 PAGE = 100
@@ -201,7 +201,7 @@ def invalidation_figure(tmp: Path, session: Session) -> tuple[str, str]:
         assert file is not None
         reader.url_for(file)
         deadline = time.monotonic() + 10
-        while not getattr(reader, "_local_live", True) and time.monotonic() < deadline:
+        while not reader.channel.live and time.monotonic() < deadline:
             time.sleep(0.01)
         for _ in range(50):
             reader.url_for(file)  # into its L1

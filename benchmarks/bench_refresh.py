@@ -1,4 +1,4 @@
-"""Refresh benchmark (issue 4): the cost of ``refresh_expired_urls`` follows what expires.
+"""Refresh benchmark: the cost of ``refresh_expired_urls`` follows what expires.
 
 The same 1,000 entries end their cache lifetime within the refresh window while 100,000 or
 1,000,000 entries are cached in all; the refresh re-signs those 1,000 (LocalSigner) and must not

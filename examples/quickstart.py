@@ -1,6 +1,7 @@
 """A short tour on embedded defaults: SQLite, in-process Redis, offline HMAC signing.
 
-Run it with ``make demo`` (or ``python examples/quickstart.py``).
+Run it with ``python examples/quickstart.py`` (the in-process Redis needs the ``embedded`` extra:
+``pip install "sqla-signed-urls[embedded]"``; ``make demo`` runs the larger forum demo).
 """
 
 from __future__ import annotations

@@ -9,7 +9,9 @@
     sqla-signed-urls --app myapp.cache:service refresh --within 600   # from cron
 
 Exit status: 0 on success, 2 on bad usage or configuration, 1 with a one-line error when Redis
-or the database cannot be reached.
+or the database cannot be reached. Needs the ``cli`` extra (click and rich): importing this
+module without them raises :class:`~sqla_signed_urls.ConfigurationError` naming
+``pip install "sqla-signed-urls[cli]"``, which the console script prints as a one-line error.
 """
 
 from __future__ import annotations
@@ -23,7 +25,15 @@ import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, NoReturn
 
-import click
+from ._extras import require
+
+try:  # the `cli` extra
+    import click
+    import rich  # noqa: F401 - checked here, its parts are imported where they are used
+except ImportError:
+    require("click", "cli", "The sqla-signed-urls command")
+    require("rich", "cli", "The sqla-signed-urls command")
+    raise
 
 from . import __version__
 from .config import Settings
@@ -63,7 +73,7 @@ class _Group(click.Group):
         module_name, attr, summary = LAZY_COMMANDS[cmd_name]
         try:
             command = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
+        except (ImportError, AttributeError, ConfigurationError) as exc:
             return _unavailable(cmd_name, summary, exc)
         if not isinstance(command, click.Command):
             return _unavailable(cmd_name, summary, TypeError(f"{attr} is not a click command"))
@@ -113,7 +123,7 @@ class _Target:
         if not os.environ.get("FILE_URL_REDIS_TIMEOUT"):
             overrides["socket_timeout"] = 5.0  # batch commands, not page views
         settings, _ = Settings.from_env(**overrides)
-        urls = SignedURLs.from_settings(settings, signer=_signer_from_env(), redis=redis_url)
+        urls = SignedURLs(_signer_from_env(), settings=settings, redis=redis_url)
         return CacheService(urls)
 
 
@@ -222,7 +232,7 @@ def _expected_faults() -> Iterator[None]:
 def main(
     ctx: click.Context, app: str | None, redis_url: str | None, key_prefix: str | None
 ) -> None:
-    """Inspect and manage the signed-URL cache (the seed's CacheService operations)."""
+    """Inspect and manage the signed-URL cache: stats, clear, warm and refresh."""
     target = _Target(app, redis_url, key_prefix)
     ctx.obj = target
 

@@ -12,7 +12,7 @@ from .exceptions import ConfigurationError
 
 __all__ = ["ENV_NAMES", "Settings"]
 
-#: Setting name -> environment / ``app.config`` name (the seed's names where it has one).
+#: Setting name -> environment / ``app.config`` name (the ``FILE_URL_*`` settings).
 ENV_NAMES: dict[str, str] = {
     "redis": "REDIS_URL",
     "cache_ttl": "FILE_URL_CACHE_TIMEOUT",
@@ -34,7 +34,7 @@ class Settings:
     11700
     """
 
-    #: Seconds a URL stays in the cache (the seed's ``FILE_URL_CACHE_TIMEOUT``).
+    #: Seconds a URL stays in the cache (``FILE_URL_CACHE_TIMEOUT``).
     cache_ttl: int = 2700
     #: Seconds a signed URL is valid (``FILE_URL_EXPIRES``).
     url_ttl: int = 14400
@@ -63,7 +63,7 @@ class Settings:
         if self.cache_ttl >= self.url_ttl:
             raise ConfigurationError(
                 f"cache_ttl={self.cache_ttl} must be shorter than url_ttl={self.url_ttl}: a cached "
-                "URL has to stay valid for a while after it is served (seed: 2700 and 14400)"
+                "URL has to stay valid for a while after it is served (defaults: 2700 and 14400)"
             )
         if self.local_cache_size < 0:
             raise ConfigurationError(
@@ -104,6 +104,27 @@ class Settings:
         return self.url_ttl - self.cache_ttl
 
     @classmethod
+    def merge(cls, settings: Settings | None = None, **options: Any) -> Settings:
+        """``settings`` (or the defaults) with ``options`` applied on top, validated.
+
+        >>> Settings.merge(Settings(cache_ttl=600), url_ttl=3600).url_ttl
+        3600
+        """
+        if settings is not None and not isinstance(settings, Settings):
+            raise ConfigurationError(
+                f"settings={settings!r}: expected a sqla_signed_urls.Settings "
+                "(Settings.from_env() or Settings(...))"
+            )
+        unknown = sorted(set(options) - _FIELDS)
+        if unknown:
+            raise ConfigurationError(
+                f"unknown setting(s): {', '.join(unknown)}; known: {', '.join(sorted(_FIELDS))}"
+            )
+        if settings is None:
+            return cls(**options)
+        return dataclasses.replace(settings, **options) if options else settings
+
+    @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any], **overrides: Any) -> tuple[Settings, Any]:
         """Read settings from environment-style names; return them and the ``REDIS_URL`` value.
 
@@ -118,16 +139,15 @@ class Settings:
             values[name] = _parse(name, env_name, raw)
         redis_url = overrides.pop("redis", redis_url)
         values.update(overrides)
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - fields)
-        if unknown:
-            raise ConfigurationError(f"unknown setting(s): {', '.join(unknown)}")
-        return cls(**values), redis_url
+        return cls.merge(None, **values), redis_url
 
     @classmethod
     def from_env(cls, **overrides: Any) -> tuple[Settings, Any]:
         """:meth:`from_mapping` over ``os.environ``."""
         return cls.from_mapping(os.environ, **overrides)
+
+
+_FIELDS = frozenset(f.name for f in dataclasses.fields(Settings))
 
 
 def _parse(name: str, env_name: str, raw: Any) -> Any:

@@ -1,4 +1,10 @@
-"""``SignedURLs``: the one place where the read, sign and invalidate flow lives."""
+"""``SignedURLs``: the one place where the read, sign, write and invalidate flow lives.
+
+Everything stateful around the flow has its own module with a narrow interface: the shared
+store (:mod:`.cache.redis`), the fail-open policy (:mod:`.cache.guard`), the invalidation
+channel and its background thread (:mod:`.cache.channel`), the counters (:mod:`.counters`) and
+the ORM glue (:mod:`.orm`). See ``docs/architecture.md``.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +14,26 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import signals
-from ._keys import pk_part
+from ._keys import URLSpec
 from .cache.base import Servable, SharedStore, encode_entry, match_entry, signer_tag
+from .cache.channel import InvalidationChannel
+from .cache.guard import FailOpen
 from .cache.local import LocalCache
-from .cache.redis import RedisStore, client_from_url
+from .cache.redis import RedisStore, make_client
 from .config import Settings
+from .counters import COUNTERS, Stats
 from .exceptions import ConfigurationError, SigningError
+from .orm import Installation
 from .signers.base import Signer
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import registry
 
-    from .orm import Installation
-
-__all__ = ["SignedURLs", "Stats", "URLSpec"]
+__all__ = ["COUNTERS", "SignedURLs", "Stats", "URLSpec"]
 
 log = logging.getLogger("sqla_signed_urls")
 _DEBUG = logging.DEBUG
@@ -35,88 +43,6 @@ _MISSING: Any = object()
 _FLIGHT_WAIT = 10.0
 #: A queued cache write: key, encoded value, TTL, end of cache lifetime, id for the log line.
 _Write = tuple[str, bytes, int, int, str]
-
-#: Counters kept per process and added up fleet-wide in Redis (``<prefix>#stats``).
-COUNTERS = ("hits", "misses", "signed", "errors", "sign_errors", "invalidations", "breaker_opened")
-
-
-class Stats:
-    """This process's counters. Increments are plain attribute adds on the hot path.
-
-    >>> urls.stats.hits, urls.stats.misses
-    (41, 3)
-    """
-
-    __slots__ = (*COUNTERS, "_flushed")
-
-    def __init__(self) -> None:
-        self.hits = self.misses = self.signed = self.errors = 0
-        self.sign_errors = self.invalidations = self.breaker_opened = 0
-        self._flushed = dict.fromkeys(COUNTERS, 0)
-
-    def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in COUNTERS}
-
-    def take_deltas(self) -> dict[str, int]:
-        """Counts since the last call (what to add to the fleet-wide totals)."""
-        now = self.as_dict()
-        deltas = {k: v - self._flushed[k] for k, v in now.items() if v != self._flushed[k]}
-        self._flushed = now
-        return deltas
-
-    def pending(self) -> dict[str, int]:
-        """Counts not yet added to the fleet-wide totals (read-only)."""
-        flushed = self._flushed
-        return {k: v - flushed[k] for k, v in self.as_dict().items()}
-
-    def restore_deltas(self, deltas: Mapping[str, int]) -> None:
-        """Give back deltas that could not be written, so they are sent next time."""
-        for name, delta in deltas.items():
-            self._flushed[name] -= delta
-
-
-class URLSpec:
-    """One ``ObjectKey`` column of one mapped class, as the hot path needs it."""
-
-    __slots__ = ("attr", "cls", "column", "column_names", "owner", "pk_attrs", "prefix")
-
-    def __init__(
-        self,
-        cls: type,
-        attr: str,
-        column: str,
-        column_names: frozenset[str],
-        pk_attrs: tuple[str, ...],
-        prefix: str,
-        owner: type,
-    ) -> None:
-        self.cls = cls
-        self.attr = attr
-        self.column = column
-        self.column_names = column_names
-        self.pk_attrs = pk_attrs
-        self.prefix = prefix
-        self.owner = owner
-
-    def key_for(self, obj: Any) -> str | None:
-        """The cache key of ``obj``, or ``None`` while it has no primary key."""
-        d = obj.__dict__
-        if len(self.pk_attrs) == 1:
-            pk = d.get(self.pk_attrs[0], _MISSING)
-            if pk is _MISSING:
-                pk = getattr(obj, self.pk_attrs[0])
-            if pk is None:
-                return None
-            if type(pk) is int:
-                return self.prefix + str(pk)
-            return self.prefix + pk_part((pk,))
-        values = [getattr(obj, name) for name in self.pk_attrs]
-        if any(v is None for v in values):
-            return None
-        return self.prefix + pk_part(values)
-
-    def key_for_pk(self, pk: Sequence[Any]) -> str:
-        return self.prefix + pk_part(pk)
 
 
 class _Flight:
@@ -152,121 +78,98 @@ class SignedURLs:
         file.url                      # signed once, then served from the cache
         urls.resolve(files)           # a whole page in one Redis round trip
 
-    ``redis`` is a URL, a ready redis-py client, or ``None`` for ``REDIS_URL`` (and, without
-    it, an in-process Redis that caches for this process only). Nothing connects until the
-    first URL is read, so an app starts even while Redis is down; when Redis fails, URLs are
-    signed directly and a circuit breaker skips Redis for ``retry_after`` seconds.
+    Tunables come as a :class:`~sqla_signed_urls.Settings` (``settings=``), as keywords
+    (``cache_ttl=600``), or both (keywords win). ``redis`` is a URL, a ready redis-py client, or
+    ``None`` for ``REDIS_URL`` (and, without it, an in-process Redis that caches for this
+    process only); ``store`` takes any other :class:`~sqla_signed_urls.cache.base.SharedStore`.
+    Nothing connects until the first URL is read, so an app starts even while Redis is down;
+    when Redis fails, URLs are signed directly and a circuit breaker skips Redis for
+    ``retry_after`` seconds.
     """
 
     def __init__(
         self,
         signer: Signer,
         *,
+        settings: Settings | None = None,
         redis: Any = None,
-        cache_ttl: int = 2700,
-        url_ttl: int = 14400,
-        key_prefix: str = "file_url:",
-        local_cache_size: int = 10_000,
-        url_window: int | None = None,
-        ttl_jitter: float = 0.1,
-        socket_timeout: float = 0.25,
-        retry_after: float = 5.0,
+        store: SharedStore | None = None,
+        **options: Any,
     ) -> None:
         if not isinstance(signer, Signer):
             raise ConfigurationError(
                 f"SignedURLs(signer=...): expected a Signer (OSSSigner, LocalSigner, ...), "
                 f"got {type(signer).__name__}"
             )
-        self.settings = Settings(
-            cache_ttl=cache_ttl,
-            url_ttl=url_ttl,
-            key_prefix=key_prefix,
-            local_cache_size=local_cache_size,
-            url_window=url_window,
-            ttl_jitter=ttl_jitter,
-            socket_timeout=socket_timeout,
-            retry_after=retry_after,
-        )
-        if signer.max_url_ttl is not None and url_ttl > signer.max_url_ttl:
+        self.settings = s = Settings.merge(settings, **options)
+        if signer.max_url_ttl is not None and s.url_ttl > signer.max_url_ttl:
             raise ConfigurationError(
-                f"url_ttl={url_ttl}: {signer!r} signs URLs valid for at most "
+                f"url_ttl={s.url_ttl}: {signer!r} signs URLs valid for at most "
                 f"{signer.max_url_ttl} seconds; lower url_ttl (FILE_URL_EXPIRES)"
             )
         self.signer = signer
         self._tag = signer_tag(signer.name)
         self.stats = Stats()
-        # A client we build from a URL (or the embedded one) is ours to close; a passed one
-        # belongs to the caller.
-        self._owns_client = redis is None or isinstance(redis, str)
-        self.redis = self._make_client(redis)
-        self.store: SharedStore = RedisStore(self.redis, key_prefix)
-        s = self.settings
+        if store is not None:
+            if redis is not None:
+                raise ConfigurationError("SignedURLs: pass redis=... or store=..., not both")
+            if not isinstance(store, SharedStore):
+                raise ConfigurationError(
+                    f"SignedURLs(store=...): expected a SharedStore, got {type(store).__name__}"
+                )
+            #: The redis-py client (``None`` for a store of another kind).
+            self.redis: Any = getattr(store, "client", None)
+            self._owns_client = False
+        else:
+            # A client we build from a URL (or the in-process one) is ours to close; a
+            # passed one belongs to the caller.
+            self._owns_client = redis is None or isinstance(redis, str)
+            self.redis = make_client(redis, socket_timeout=s.socket_timeout)
+            store = RedisStore(self.redis, s.key_prefix)
+        self.store: SharedStore = store
         self._window = s.window
         self._min_validity = s.min_validity
         self._jitter = int(s.cache_ttl * s.ttl_jitter)
-        self._local = LocalCache(s.local_cache_size) if s.local_cache_size else None
-        # L1 is read only while this process is subscribed to invalidations.
-        self._local_live = False
+        #: The in-process layer (``None`` when ``local_cache_size`` is 0).
+        self.local = LocalCache(s.local_cache_size) if s.local_cache_size else None
+        self.channel = InvalidationChannel(
+            store,
+            self.local,
+            retry_after=s.retry_after,
+            socket_timeout=s.socket_timeout,
+            tick=self.flush_stats,
+        )
+        self._guard = FailOpen(
+            store,
+            retry_after=s.retry_after,
+            stats=self.stats,
+            sender=self,
+            on_failure=self.channel.lost,
+            on_use=self.channel.ensure_started,
+        )
         self._flights: dict[str, _Flight] = {}
         self._flights_lock = threading.Lock()
-        self._down_until = 0.0
-        self._outage = False
-        self._unsent_invalidations: set[str] = set()
-        self._background: _Background | None = None
-        self._background_lock = threading.Lock()
-        self._flush_lock = threading.Lock()
-        self._installation: Installation | None = None
+        self._installation = Installation(
+            key_prefix=s.key_prefix, read=self._url, invalidate=self.invalidate_keys, owner=self
+        )
         _instances.add(self)
 
     @classmethod
     def from_env(cls, signer: Signer | None = None, **overrides: Any) -> SignedURLs:
-        """Build from the seed's environment: ``REDIS_URL``, ``FILE_URL_CACHE_TIMEOUT``,
-        ``FILE_URL_CACHE_KEY_PREFIX``, ``FILE_URL_EXPIRES`` (and ``OSS_*`` without a signer)."""
+        """Build from the environment: ``REDIS_URL`` and the ``FILE_URL_*`` settings (and,
+        without a signer, ``OSSSigner.from_env()``'s ``OSS_*`` variables)."""
         settings, redis_url = Settings.from_env(**overrides)
-        return cls.from_settings(settings, signer=signer, redis=redis_url)
-
-    @classmethod
-    def from_settings(
-        cls, settings: Settings, *, signer: Signer | None = None, redis: Any = None
-    ) -> SignedURLs:
         if signer is None:
             from .signers.oss import OSSSigner
 
             signer = OSSSigner.from_env()
-        import dataclasses
-
-        return cls(signer, redis=redis, **dataclasses.asdict(settings))
+        return cls(signer, settings=settings, redis=redis_url)
 
     def __repr__(self) -> str:
         return (
             f"SignedURLs(signer={self.signer!r}, key_prefix={self.settings.key_prefix!r}, "
             f"cache_ttl={self.settings.cache_ttl}, url_ttl={self.settings.url_ttl})"
         )
-
-    def _make_client(self, redis: Any) -> Any:
-        if redis is None:
-            redis = os.environ.get("REDIS_URL") or None
-            setting = "REDIS_URL"
-        else:
-            setting = "SignedURLs(redis=...)"
-        if redis is None:
-            import fakeredis
-
-            log.warning(
-                "No REDIS_URL set: using an in-process Redis, so the URL cache is local to "
-                "this process; set REDIS_URL to share it"
-            )
-            return fakeredis.FakeRedis(server=fakeredis.FakeServer())
-        if isinstance(redis, str):
-            return client_from_url(
-                redis, socket_timeout=self.settings.socket_timeout, setting=setting
-            )
-        if not all(hasattr(redis, name) for name in ("get", "mget", "pipeline", "publish")):
-            raise ConfigurationError(
-                f"{setting}: expected a redis:// URL, a redis-py client or None, "
-                f"got {type(redis).__name__}"
-            )
-        return redis
 
     # -- installing -------------------------------------------------------------------------
 
@@ -276,21 +179,14 @@ class SignedURLs:
         ``target`` is a declarative base, a ``registry`` or one mapped class; classes mapped
         later are covered too. Installing one target twice raises ``ConfigurationError``.
         """
-        from .orm import Installation
-
-        if self._installation is None:
-            self._installation = Installation(self)
         self._installation.add(target)
 
     def uninstall(self, target: type[Any] | registry | None = None) -> None:
         """Undo :meth:`install` for ``target`` (every target when ``None``)."""
-        if self._installation is not None:
-            self._installation.remove(target)
+        self._installation.remove(target)
 
     def _spec(self, cls: type, attr: str) -> URLSpec:
-        spec = None
-        if self._installation is not None:
-            spec = self._installation.specs.get(cls, {}).get(attr)
+        spec = self._installation.specs.get(cls, {}).get(attr)
         if spec is None:
             raise ConfigurationError(
                 f"{cls.__name__}.{attr} is not a signed-URL attribute: give the class an "
@@ -305,8 +201,6 @@ class SignedURLs:
 
     def installed_specs(self) -> list[URLSpec]:
         """One :class:`URLSpec` per installed class and signed-URL attribute."""
-        if self._installation is None:
-            return []
         return [spec for by_attr in self._installation.specs.values() for spec in by_attr.values()]
 
     def cache_key(self, obj: Any, attr: str = "url") -> str | None:
@@ -330,8 +224,8 @@ class SignedURLs:
         key = spec.prefix + str(pk) if type(pk) is int else spec.key_for(obj)
         if key is None:  # not flushed yet: nothing to cache it under
             return self._sign_uncached(spec, obj, object_key)
-        local = self._local
-        if local is not None and self._local_live:
+        local = self.local
+        if local is not None and self.channel.live:
             entry = local.get(key)
             if entry is not None and entry[0] == object_key and entry[2] > _time():
                 self._count_hit(spec, key)
@@ -339,21 +233,13 @@ class SignedURLs:
         return self._lookup(spec, key, object_key)
 
     def _lookup(self, spec: URLSpec, key: str, object_key: str) -> str | None:
-        store = self._store_if_up()
-        if store is not None:
-            try:
-                raw = store.get_many([key])[0]
-            except Exception as exc:
-                self._cache_failed(exc)
-                store = None
-            else:
-                if self._outage:
-                    self._cache_ok()
-                entry = match_entry(raw, self._tag, object_key, _time(), self._min_validity)
-                if entry is not None and self.signer.url_is_for(entry[1], object_key):
-                    self._remember([(key, entry)])
-                    self._count_hit(spec, key)
-                    return entry[1]
+        raws = self._guard.get_many([key])
+        if raws is not None:
+            entry = match_entry(raws[0], self._tag, object_key, _time(), self._min_validity)
+            if entry is not None and self.signer.url_is_for(entry[1], object_key):
+                self._remember([(key, entry)])
+                self._count_hit(spec, key)
+                return entry[1]
         self._count_misses(spec, [key])
         with self._flights_lock:
             flight = self._flights.get(key)
@@ -367,8 +253,10 @@ class SignedURLs:
                 return flight.url
         try:
             writes: list[_Write] = []
-            flight.url = self._sign(spec, [(key, object_key)], writes, store is not None)[key]
-            self._write(store, writes)
+            cached = raws is not None
+            flight.url = self._sign(spec, [(key, object_key)], writes, cached)[key]
+            if cached:
+                self._write(writes)
         finally:
             flight.done.set()
             with self._flights_lock:
@@ -392,9 +280,9 @@ class SignedURLs:
         object_keys: list[str] = []
         indexes: list[int] = []
         specs: list[URLSpec] = []
-        local = self._local
+        local = self.local
         # An empty L1 (a new process, just cleared) is not asked row by row.
-        local_get = local.get if local and self._local_live else None
+        local_get = local.get if local and self.channel.live else None
         hits = self._hit_keys()
         hit_count = 0
         now = _time()
@@ -466,17 +354,7 @@ class SignedURLs:
         specs: list[URLSpec],
         results: list[str | None],
     ) -> None:
-        store = self._store_if_up()
-        raws: Sequence[bytes | str | None] = ()
-        if store is not None:
-            try:
-                raws = store.get_many(keys)
-            except Exception as exc:
-                self._cache_failed(exc)
-                store = None
-            else:
-                if self._outage:
-                    self._cache_ok()
+        raws = self._guard.get_many(keys)
         hits = self._hit_keys()
         fresh: list[tuple[str, Servable]] = []
         missed: list[int] = []  # positions to sign
@@ -508,13 +386,14 @@ class SignedURLs:
         writes: list[_Write] = []
         for spec, items in to_sign.items():
             self._count_misses(spec, [key for key, _ in items])
-            for key, signed in self._sign(spec, items, writes, store is not None).items():
+            for key, signed in self._sign(spec, items, writes, raws is not None).items():
                 results[indexes[position[key]]] = signed
-        self._write(store, writes)
+        if raws is not None:
+            self._write(writes)
 
     def _remember(self, items: list[tuple[str, Servable]]) -> None:
-        if self._local is not None and self._local_live and items:
-            self._local.set_many(items)
+        if self.local is not None and self.channel.live and items:
+            self.local.set_many(items)
 
     # -- signing ----------------------------------------------------------------------------
 
@@ -595,15 +474,11 @@ class SignedURLs:
             self._sign(spec, group, writes, cached=False, reason=reason)
         return [(key, value, ttl, until) for key, value, ttl, until, _ in writes]
 
-    def _write(self, store: SharedStore | None, writes: list[_Write]) -> None:
-        if store is None or not writes:
+    def _write(self, writes: list[_Write]) -> None:
+        if not writes:
             return
-        try:
-            store.set_many([(key, value, ttl, until) for key, value, ttl, until, _ in writes])
-        except Exception as exc:
-            self._cache_failed(exc)
-            return
-        if log.isEnabledFor(logging.INFO):
+        items = [(key, value, ttl, until) for key, value, ttl, until, _ in writes]
+        if self._guard.set_many(items) and log.isEnabledFor(logging.INFO):
             for _, _, ttl, _, ident in writes:
                 log.info("Cached URL for file %s for %d seconds", ident, ttl)
 
@@ -654,12 +529,11 @@ class SignedURLs:
     def invalidate(self, *objects: Any) -> int:
         """Drop the cached URLs of ``objects`` now (commits do this by themselves)."""
         by_class: dict[type, list[str]] = {}
-        if self._installation is not None:
-            for obj in objects:
-                for spec in self._installation.specs.get(type(obj), {}).values():
-                    key = spec.key_for(obj)
-                    if key is not None:
-                        by_class.setdefault(spec.cls, []).append(key)
+        for obj in objects:
+            for spec in self._installation.specs.get(type(obj), {}).values():
+                key = spec.key_for(obj)
+                if key is not None:
+                    by_class.setdefault(spec.cls, []).append(key)
         return self.invalidate_keys(by_class)
 
     def invalidate_keys(self, keys_by_class: Mapping[type, Iterable[str]]) -> int:
@@ -672,117 +546,45 @@ class SignedURLs:
         keys = sorted({key for ks in keys_by_class.values() for key in ks})
         if not keys:
             return 0
-        if self._local is not None:
-            self._local.discard(keys)
+        self.clear_local(keys)
         self.stats.invalidations += len(keys)
-        removed = self._delete_shared(keys)
+        removed = self._guard.delete_and_publish(keys)
+        if removed is None:
+            self.channel.defer(keys)
         for cls, ks in keys_by_class.items():
             ks = sorted(set(ks))
             if ks and signals.url_invalidated.receivers:
                 signals.url_invalidated.send(cls, keys=ks)
-        return removed
-
-    def _delete_shared(self, keys: list[str]) -> int:
-        store = self._store_if_up()
-        if store is not None:
-            try:
-                removed = store.delete_many(keys)
-                store.publish("\n".join(keys))
-            except Exception as exc:
-                self._cache_failed(exc)
-            else:
-                self._cache_ok()
-                return removed
-        self._unsent_invalidations.update(keys)
-        return 0
+        return removed or 0
 
     def clear_local(self, keys: Iterable[str] | None = None) -> None:
         """Drop ``keys`` (every entry when ``None``) from this process's in-process layer."""
-        if self._local is None:
+        if self.local is None:
             return
         if keys is None:
-            self._local.clear()
+            self.local.clear()
         else:
-            self._local.discard(keys)
+            self.local.discard(keys)
 
-    # -- Redis health -----------------------------------------------------------------------
-
-    def _store_if_up(self) -> SharedStore | None:
-        if self._down_until and _time() < self._down_until:
-            return None
-        self._ensure_background()
-        return self.store
-
-    def _cache_failed(self, exc: BaseException) -> None:
-        self.stats.errors += 1
-        self._local_live = False
-        if self._local is not None:
-            self._local.clear()
-        if not self._outage:
-            self._outage = True
-            self.stats.breaker_opened += 1
-            log.warning(
-                "Redis unavailable (%s: %s); signing URLs directly, retrying every %gs",
-                type(exc).__name__,
-                exc,
-                self.settings.retry_after,
-            )
-        self._down_until = _time() + self.settings.retry_after
-        background = self._background
-        if background is not None:
-            background.reconnect.set()
-        if signals.cache_error.receivers:
-            signals.cache_error.send(self, error=exc)
-
-    def _cache_ok(self) -> None:
-        if self._outage:
-            self._outage = False
-            self._down_until = 0.0
-            log.warning("Redis reachable again; caching signed URLs")
+    # -- health, counters, lifecycle --------------------------------------------------------
 
     @property
     def redis_available(self) -> bool:
         """False while the circuit breaker skips Redis."""
-        return not self._outage
-
-    # -- background: invalidation listener and stats flusher ---------------------------------
-
-    def _ensure_background(self) -> None:
-        if self._background is not None:
-            return
-        with self._background_lock:
-            if self._background is None:
-                self._background = _Background(self)
-                self._background.start()
+        return not self._guard.outage
 
     def flush_stats(self) -> None:
         """Add this process's counters to the fleet-wide totals in Redis now."""
-        with self._flush_lock:  # the background thread flushes too: never count twice
-            deltas = self.stats.take_deltas()
-            if not deltas:
-                return
-            try:
-                if isinstance(self.store, RedisStore):
-                    self.store.add_counters(deltas)
-            except Exception:
-                self.stats.restore_deltas(deltas)
-                raise
+        self.stats.flush(self.store)
 
     def fleet_counters(self) -> dict[str, int]:
         """Fleet-wide totals for this key prefix, this process's unflushed counts included."""
-        with self._flush_lock:
-            totals = self.store.read_counters() if isinstance(self.store, RedisStore) else {}
-            pending = self.stats.pending()
-        return {name: totals.get(name, 0) + pending[name] for name in COUNTERS}
+        return self.stats.fleet(self.store)
 
     def close(self) -> None:
         """Stop the background thread (flushing counters first), drop the L1, and close the
         Redis client when ``SignedURLs`` built it (a passed client is left to its owner)."""
-        background, self._background = self._background, None
-        if background is not None:
-            background.stop()
-        self._local_live = False
-        self.clear_local()
+        self.channel.stop()
         if self._owns_client:
             try:
                 self.redis.close()
@@ -790,119 +592,14 @@ class SignedURLs:
                 log.debug("could not close the Redis client")
 
     def _forked(self) -> None:
-        self._background = None
-        self._background_lock = threading.Lock()
-        self._flush_lock = threading.Lock()
+        self.channel.forked()
+        self.stats.forked()
         self._flights_lock = threading.Lock()
         self._flights = {}
-        self._local_live = False
-        self.clear_local()
-
-    def _on_message(self, data: bytes | str) -> None:
-        text = data.decode() if isinstance(data, bytes) else data
-        if self._local is None:
-            return
-        if text == "*":
-            self._local.clear()
-        else:
-            self._local.discard(text.split("\n"))
-
-
-class _Background(threading.Thread):
-    """Subscribes to invalidations (keeping the L1 honest) and flushes counters every second.
-
-    While it is not subscribed the L1 is neither read nor filled; each (re)subscription starts
-    from an empty L1, so nothing published during an outage is missed.
-    """
-
-    FLUSH_EVERY = 1.0
-
-    def __init__(self, urls: SignedURLs) -> None:
-        super().__init__(name="sqla-signed-urls", daemon=True)
-        self._urls = weakref.ref(urls)
-        self.stopping = threading.Event()
-        self.reconnect = threading.Event()
-
-    def stop(self) -> None:
-        self.stopping.set()
-        if self.is_alive() and threading.current_thread() is not self:
-            self.join(timeout=5)
-
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            urls = self._urls()
-            if urls is None:
-                return
-            retry_after = urls.settings.retry_after
-            try:
-                self._session(urls)
-            except Exception as exc:
-                urls._local_live = False
-                urls.clear_local()
-                log.debug("invalidation listener stopped: %s", type(exc).__name__)
-            finally:
-                del urls
-            self.stopping.wait(retry_after)
-        urls = self._urls()
-        if urls is not None:
-            try:
-                urls.flush_stats()
-            except Exception:
-                log.debug("could not flush counters at close")
-
-    def _session(self, urls: SignedURLs) -> None:
-        store = urls.store
-        if not isinstance(store, RedisStore):
-            return
-        pubsub = store.client.pubsub()
-        try:
-            pubsub.subscribe(store.channel)
-            # The L1 may only be trusted once the server has confirmed the subscription.
-            deadline = time.monotonic() + max(1.0, urls.settings.socket_timeout * 4)
-            while True:
-                message = pubsub.get_message(timeout=urls.settings.socket_timeout)
-                if message is not None and message.get("type") == "subscribe":
-                    break
-                if time.monotonic() > deadline:
-                    raise TimeoutError("no confirmation of the invalidation subscription")
-            self.reconnect.clear()
-            urls.clear_local()
-            urls._local_live = True
-            self._retry_invalidations(urls)
-            next_flush = time.monotonic() + self.FLUSH_EVERY
-            while not self.stopping.is_set() and not self.reconnect.is_set():
-                message = pubsub.get_message(timeout=0.2)
-                if message is not None:
-                    if message.get("type") == "message":
-                        urls._on_message(message["data"])
-                    elif message.get("type") == "subscribe":
-                        # redis-py lost the connection and subscribed again by itself: what
-                        # was published in between is lost, so the L1 starts over
-                        urls.clear_local()
-                if time.monotonic() >= next_flush:
-                    urls.flush_stats()
-                    next_flush = time.monotonic() + self.FLUSH_EVERY
-        finally:
-            urls._local_live = False
-            try:
-                pubsub.close()
-            except Exception:
-                log.debug("pubsub close failed")
-
-    @staticmethod
-    def _retry_invalidations(urls: SignedURLs) -> None:
-        if not urls._unsent_invalidations:
-            return
-        keys = sorted(urls._unsent_invalidations)
-        urls.store.delete_many(keys)
-        urls.store.publish("\n".join(keys))
-        urls._unsent_invalidations.difference_update(keys)
 
 
 def _ident(key: str | None, spec: URLSpec | None) -> str:
-    """The row id part of a cache key, for the seed's log lines."""
-    if key is None:
-        return "?"
-    if spec is not None and key.startswith(spec.prefix):
-        return key[len(spec.prefix) :]
-    return key
+    """The row id part of a cache key, for log lines."""
+    if spec is not None:
+        return spec.ident(key)
+    return "?" if key is None else key

@@ -1,6 +1,8 @@
-"""Flask integration: the seed's admin HTTP API and an extension reading ``app.config``.
+"""Flask integration: the four admin endpoints and an extension reading ``app.config``.
 
-Needs the ``flask`` extra; the rest of the package never imports Flask.
+Needs the ``flask`` extra: importing this module without Flask raises
+:class:`~sqla_signed_urls.ConfigurationError` naming ``pip install "sqla-signed-urls[flask]"``.
+The rest of the package never imports Flask.
 """
 
 from __future__ import annotations
@@ -13,10 +15,17 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from flask import Blueprint, Flask, Response, jsonify, request
-from flask.blueprints import BlueprintSetupState
 from sqlalchemy.exc import DBAPIError
-from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from ._extras import require
+
+try:  # the `flask` extra
+    from flask import Blueprint, Flask, Response, jsonify, request
+    from flask.blueprints import BlueprintSetupState
+    from werkzeug.exceptions import MethodNotAllowed, NotFound
+except ImportError:
+    require("flask", "flask", "sqla_signed_urls.flask")
+    raise
 
 from .config import Settings
 from .core import SignedURLs
@@ -53,7 +62,7 @@ def admin_blueprint(
     url_prefix: str = "/api/admin/cache",
     name: str = "sqla_signed_urls_admin",
 ) -> Blueprint:
-    """The seed's four admin endpoints, behind a bearer token.
+    """The four admin endpoints (stats, clear, warm, refresh), behind a bearer token.
 
     ::
 
@@ -265,8 +274,8 @@ def _db_message(exc: DBAPIError) -> str:
 
 
 class FlaskSignedURLs:
-    """Flask extension: builds :class:`SignedURLs` and a :class:`CacheService` from
-    ``app.config`` (the seed's names) and can serve the admin API.
+    """Flask extension: builds :class:`SignedURLs` and a :class:`CacheService` from the
+    ``REDIS_URL`` and ``FILE_URL_*`` settings in ``app.config`` and can serve the admin API.
 
     ::
 
@@ -343,7 +352,7 @@ class FlaskSignedURLs:
             )
         settings, redis_url = Settings.from_mapping(app.config)
         signer = self._signer if self._signer is not None else _oss_signer(app.config)
-        urls = SignedURLs.from_settings(settings, signer=signer, redis=redis_url)
+        urls = SignedURLs(signer, settings=settings, redis=redis_url)
         if self._base is not None:
             urls.install(self._base)
         service = CacheService(urls, session_factory=self._session_factory, model=self._model)

@@ -1,7 +1,9 @@
-"""Prometheus exporter (extra ``prometheus``): the cache counters, read at scrape time.
+"""Prometheus exporter: the cache counters, read at scrape time.
 
 Nothing is added to the per-access path: the cache already counts in plain attributes, and
-this collector reads those counters only when Prometheus scrapes.
+this collector reads those counters only when Prometheus scrapes. Needs the ``prometheus`` extra:
+importing this module without ``prometheus_client`` raises
+:class:`~sqla_signed_urls.ConfigurationError` naming ``pip install "sqla-signed-urls[prometheus]"``.
 """
 
 from __future__ import annotations
@@ -9,8 +11,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
+from ._extras import require
+
+try:  # the `prometheus` extra
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+    from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
+except ImportError:
+    require("prometheus_client", "prometheus", "sqla_signed_urls.metrics")
+    raise
 
 from .core import SignedURLs
 from .exceptions import SignedURLError

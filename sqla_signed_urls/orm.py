@@ -7,20 +7,22 @@ happens at import time.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from sqlalchemy import event, inspect, select
 from sqlalchemy.orm import Mapper, ORMExecuteState, Session, registry
 
-from .core import URLSpec
+from ._keys import URLSpec
 from .exceptions import ConfigurationError
 from .types import ObjectKey
 
-if TYPE_CHECKING:
-    from .core import SignedURLs
+__all__ = ["INFO_KEY", "Installation", "Invalidate", "Read", "URLAttribute"]
 
-__all__ = ["INFO_KEY", "Installation", "URLAttribute"]
+#: How a URL attribute reads its value: ``read(obj, spec)`` (``SignedURLs``' read path).
+Read = Callable[[Any, URLSpec], "str | None"]
+#: What runs after the outermost commit: ``invalidate({cls: keys})``.
+Invalidate = Callable[[Mapping[type, Iterable[str]]], int]
 
 log = logging.getLogger("sqla_signed_urls")
 
@@ -29,18 +31,22 @@ INFO_KEY = "sqla_signed_urls"
 
 
 class URLAttribute:
-    """The read-only ``obj.url`` attribute that ``install()`` puts on a mapped class."""
+    """The read-only ``obj.url`` attribute that ``install()`` puts on a mapped class.
 
-    __slots__ = ("spec", "urls")
+    >>> File.url.spec.column
+    'object_key'
+    """
 
-    def __init__(self, urls: SignedURLs, spec: URLSpec) -> None:
-        self.urls = urls
+    __slots__ = ("read", "spec")
+
+    def __init__(self, read: Read, spec: URLSpec) -> None:
+        self.read = read
         self.spec = spec
 
     def __get__(self, obj: Any, owner: type | None = None) -> Any:
         if obj is None:
             return self
-        return self.urls._url(obj, self.spec)
+        return self.read(obj, self.spec)
 
     def __set__(self, obj: Any, value: Any) -> None:
         raise AttributeError(
@@ -70,10 +76,21 @@ def _existing_mappers(target: Any) -> list[Mapper[Any]]:
 
 
 class Installation:
-    """The targets one :class:`SignedURLs` covers, their URL specs and its event listeners."""
+    """The targets one ``SignedURLs`` covers, their URL specs and its event listeners.
 
-    def __init__(self, urls: SignedURLs) -> None:
-        self.urls = urls
+    ``read`` serves the URL attributes, ``invalidate`` runs after the outermost commit with the
+    keys the transaction changed; ``owner`` keeps each ``SignedURLs``' pending keys apart in
+    ``session.info``::
+
+        Installation(key_prefix="file_url:", read=urls._url, invalidate=urls.invalidate_keys,
+                     owner=urls).add(Base)
+    """
+
+    def __init__(self, *, key_prefix: str, read: Read, invalidate: Invalidate, owner: object):
+        self.key_prefix = key_prefix
+        self.read = read
+        self.invalidate = invalidate
+        self.owner = owner
         self.targets: list[tuple[Any, Callable[[Mapper[Any]], bool]]] = []
         #: mapped class -> url attribute name -> spec
         self.specs: dict[type, dict[str, URLSpec]] = {}
@@ -122,7 +139,7 @@ class Installation:
         specs: dict[str, URLSpec] = {}
         pk_attrs = tuple(mapper.get_property_by_column(c).key for c in mapper.primary_key)
         owner = mapper.base_mapper.class_
-        prefix = self.urls.settings.key_prefix
+        prefix = self.key_prefix
         # mapper.columns, unlike mapper.attrs, does not configure mappers: collisions are
         # checked when they configure, with every class of the batch known.
         for column in mapper.columns:
@@ -155,7 +172,7 @@ class Installation:
         if not specs:
             return
         for attr, spec in specs.items():
-            setattr(cls, attr, URLAttribute(self.urls, spec))
+            setattr(cls, attr, URLAttribute(self.read, spec))
         self.specs[cls] = specs
 
     def check_collisions(self) -> None:
@@ -203,7 +220,7 @@ class Installation:
 
     def _pending(self, session: Session) -> dict[type, set[str]]:
         bucket: dict[Any, dict[type, set[str]]] = session.info.setdefault(INFO_KEY, {})
-        return bucket.setdefault(self.urls, {})
+        return bucket.setdefault(self.owner, {})
 
     def _after_flush(self, session: Session, flush_context: Any) -> None:
         found: dict[type, set[str]] = {}
@@ -275,11 +292,11 @@ class Installation:
         if session.in_nested_transaction():
             return
         bucket = session.info.get(INFO_KEY)
-        pending = bucket.pop(self.urls, None) if bucket else None
+        pending = bucket.pop(self.owner, None) if bucket else None
         if not pending:
             return
         try:
-            self.urls.invalidate_keys(pending)
+            self.invalidate(pending)
         except Exception:  # never break the app's commit
             log.exception("could not invalidate cached URLs after commit")
 
@@ -287,7 +304,7 @@ class Installation:
         if transaction.parent is None:
             bucket = session.info.get(INFO_KEY)
             if bucket:
-                bucket.pop(self.urls, None)
+                bucket.pop(self.owner, None)
 
 
 def _touched_columns(statement: Any, params: Any) -> set[str] | None:

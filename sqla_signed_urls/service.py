@@ -1,8 +1,8 @@
-"""``CacheService``: the seed's cache operations (clear, warm, stats, refresh), correct at scale.
+"""``CacheService``: the cache operations (clear, warm, stats, refresh), correct at scale.
 
-Every operation works on Redis in batches and never walks the whole key space when it does not
-have to: clearing uses ``SCAN`` + ``UNLINK``, statistics read a counter hash and the expiry
-index, refreshing reads only the part of the expiry index that is about to end.
+Every operation goes through the shared-store interface in batches and never walks the whole
+key space when it does not have to: clearing scans and unlinks in batches, statistics read the
+fleet counters and the expiry index, refreshing reads only the part of the index about to end.
 """
 
 from __future__ import annotations
@@ -15,14 +15,12 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from redis.exceptions import RedisError, ResponseError
 from sqlalchemy import Select, func, inspect, select
 from sqlalchemy.orm import Mapper, Session, scoped_session
 
 from . import signals
 from ._keys import pk_part
-from .cache.base import decode_entry, encode_entry, match_entry, signer_tag
-from .cache.redis import RedisStore
+from .cache.base import SharedStore, Write, decode_entry, encode_entry, match_entry, signer_tag
 from .core import SignedURLs, URLSpec
 from .exceptions import CacheError, ConfigurationError, SigningError
 from .signers.base import Signer
@@ -35,14 +33,13 @@ log = logging.getLogger("sqla_signed_urls")
 SessionFactory = Callable[[], Session]
 #: Progress callback of :meth:`CacheService.warm_file_url_cache`: rows just processed.
 Progress = Callable[[int], None]
-#: A cache write: key, value, TTL in seconds, end of the cache lifetime (Unix seconds).
-Write = tuple[str, bytes, int, int]
 
 
 class CacheService:
     """Clear, warm, inspect and refresh the URL cache of one :class:`SignedURLs`.
 
-    The method names are the seed's, so existing admin code keeps working::
+    The method names are the usual ones of a Flask admin module, so existing code keeps
+    working::
 
         service = CacheService(urls, session_factory=Session, model=File)
         service.clear_file_url_cache(file_id=123)    # one key, in Redis and every process
@@ -74,10 +71,6 @@ class CacheService:
             raise ConfigurationError(
                 f"CacheService(urls=...): expected a SignedURLs, got {type(urls).__name__}"
             )
-        if not isinstance(urls.store, RedisStore):
-            raise ConfigurationError(
-                f"CacheService needs a Redis store, got {type(urls.store).__name__}"
-            )
         if session_factory is not None and not callable(session_factory):
             raise ConfigurationError(
                 "CacheService(session_factory=...): expected a sessionmaker or a callable "
@@ -96,7 +89,7 @@ class CacheService:
         self.model = model
         self.attr = attr
         self.batch_size = batch_size
-        self._store: RedisStore = urls.store
+        self._store: SharedStore = urls.store
         self._tag = signer_tag(urls.signer.name)
 
     def __repr__(self) -> str:
@@ -116,10 +109,7 @@ class CacheService:
         store = self._store
         if file_id is None:
             with self._redis("clearing the cache"):
-                store.client.unlink(store.expiry_key)
-                removed = 0
-                for batch in store.scan_keys(count=1000):
-                    removed += store.delete_many(batch)
+                removed = store.clear()
                 store.publish("*")
             self.urls.clear_local()
         else:
@@ -287,8 +277,9 @@ class CacheService:
         now = int(time.time())
         with self._redis("reading statistics"):
             counters = self.urls.fleet_counters()
-            keys = int(store.client.zcount(store.expiry_key, f"({now}", "+inf"))
-        memory = self._memory_used()
+            keys = store.live_count(now)
+            memory = store.memory_used()
+            where = store.describe()
         lookups = counters["hits"] + counters["misses"]
         return {
             "hits": counters["hits"],
@@ -301,7 +292,7 @@ class CacheService:
             "breaker_opened": counters["breaker_opened"],
             "keys": keys,
             "memory_used_bytes": memory,
-            "redis_db": _redis_db(store.client),
+            "redis_db": where.get("redis_db", 0),
             "key_prefix": store.prefix,
         }
 
@@ -313,19 +304,6 @@ class CacheService:
         """
         with self._redis("counting keys"):
             return sum(len(batch) for batch in self._store.scan_keys(count=1000))
-
-    def _memory_used(self) -> int | None:
-        with self._redis("reading memory use"):
-            try:
-                info = self._store.client.info("memory")
-            except ResponseError:  # the embedded Redis has no INFO
-                return None
-        if isinstance(info, dict) and "used_memory" in info:
-            return int(info["used_memory"])
-        if isinstance(info, dict):  # Redis Cluster: one answer per node
-            used = [v.get("used_memory") for v in info.values() if isinstance(v, dict)]
-            return sum(int(u) for u in used if u is not None) if used else None
-        return None
 
     # -- refresh ----------------------------------------------------------------------------
 
@@ -346,11 +324,7 @@ class CacheService:
         """
         if not isinstance(within, int) or isinstance(within, bool) or within < 1:
             raise ValueError(f"within={within!r}: expected a positive whole number of seconds")
-        store = self._store
         now = int(time.time())
-        with self._redis("refreshing"):
-            # Members whose lifetime has ended: their keys are gone too (same TTL).
-            store.client.zremrangebyscore(store.expiry_key, "-inf", now)
         renewed = 0
         for keys in self._expiring(now, now + within):
             renewed += self._refresh_batch(keys)
@@ -359,33 +333,14 @@ class CacheService:
         return renewed
 
     def _expiring(self, now: int, until: int) -> Iterator[list[str]]:
-        """Keys in the expiry index ending in ``(now, until]``, in batches, each key once.
-
-        Pages by score rather than by offset so each page costs O(log n + page): after a full
-        page, every member sharing its last score is fetched too, then paging goes on above it.
-        """
-        store = self._store
-        client, index, size = store.client, store.expiry_key, self.batch_size
-        low = f"({now}"
-        seen: set[str] = set()
+        """The store's expiring keys in batches, with its faults as ``CacheError``."""
+        pages = self._store.expiring(now, until, self.batch_size)
         while True:
             with self._redis("refreshing"):
-                page = client.zrangebyscore(index, low, until, start=0, num=size, withscores=True)
-                full = len(page) >= size
-                if full:
-                    last = page[-1][1]
-                    page = page + client.zrangebyscore(index, last, last, withscores=True)
-            fresh: list[str] = []
-            for member, _ in page:
-                key = member.decode() if isinstance(member, bytes) else member
-                if key not in seen:
-                    seen.add(key)
-                    fresh.append(key)
-            for start in range(0, len(fresh), size):
-                yield fresh[start : start + size]
-            if not full:
+                keys = next(pages, None)
+            if keys is None:
                 return
-            low = f"({last!r}"
+            yield keys
 
     def _refresh_batch(self, keys: list[str]) -> int:
         store = self._store
@@ -426,22 +381,8 @@ class CacheService:
         return self._write_renewals(writes, gone)
 
     def _write_renewals(self, writes: list[Write], gone: list[str]) -> int:
-        if not (writes or gone):
-            return 0
-        store = self._store
         with self._redis("refreshing"):
-            pipe = store.client.pipeline(transaction=False)
-            for key, value, ttl, _ in writes:
-                pipe.set(key, value, ex=ttl, xx=True)  # renew, never resurrect
-            if writes:
-                pipe.zadd(store.expiry_key, {key: until for key, _, _, until in writes}, xx=True)
-            if gone:
-                pipe.zrem(store.expiry_key, *gone)
-            results = pipe.execute()
-            missed = [w[0] for w, ok in zip(writes, results, strict=False) if not ok]
-            if missed:  # expired or deleted between MGET and SET: drop their index members
-                store.client.zrem(store.expiry_key, *missed)
-        return len(writes) - len(missed)
+            return self._store.renew(writes, gone)
 
     # -- signing ----------------------------------------------------------------------------
 
@@ -478,7 +419,7 @@ class CacheService:
     def _redis(self, doing: str) -> Iterator[None]:
         try:
             yield
-        except (RedisError, OSError) as exc:
+        except self._store.errors as exc:
             raise CacheError(
                 f"Redis unavailable while {doing}: {type(exc).__name__}: {_one_line(exc)}"
             ) from exc
@@ -535,15 +476,6 @@ def _release(factory: SessionFactory, session: Session) -> None:
     """Close sessions we opened; leave a ``scoped_session``'s to whoever owns its scope."""
     if not isinstance(factory, scoped_session):
         session.close()
-
-
-def _redis_db(client: Any) -> int:
-    pool = getattr(client, "connection_pool", None)
-    db = (getattr(pool, "connection_kwargs", None) or {}).get("db", 0)
-    try:
-        return int(db)
-    except (TypeError, ValueError):
-        return 0
 
 
 def _one_line(exc: BaseException) -> str:

@@ -3,6 +3,14 @@
 Tests that need a real server skip with a reason when its URL is not set, and fail instead when
 ``SQLA_SIGNED_URLS_REQUIRE_SERVERS=1`` (CI). Every run uses its own key prefix (Redis) and
 schema (PostgreSQL), so runs never see each other's data.
+
+The tests are grouped by what they test: ``unit`` (settings, signers, keys, extras, the signer
+and store contracts, log hygiene), ``orm`` (the URL attribute, install, invalidation,
+``resolve()``, the in-process layer, races), ``ops`` (CacheService, the command line, Flask,
+metrics, the demo, alembic, the example app) and ``servers`` (behaviour against real servers,
+with server processes as fixtures). Fixtures shared by several folders are here and in
+``tests/helpers/read_path.py`` (the read path with its in-process layer on); the others are in
+each folder's ``conftest.py``.
 """
 
 from __future__ import annotations
@@ -22,7 +30,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from sqla_signed_urls import ObjectKey, SignedURLs
 from sqla_signed_urls.testing import CountingRedis, FakeSigner
 
-pytest_plugins = ["tests.log_hygiene_plugin"]
+pytest_plugins = ["tests.log_hygiene_plugin", "tests.helpers.read_path"]
+pytest.register_assert_rewrite("tests.helpers", "tests.servers._processes")
 
 RUN_ID = uuid.uuid4().hex[:8]
 REDIS_URL = os.environ.get("REDIS_URL") or None
@@ -52,7 +61,7 @@ def real_database_url() -> str:
 
 @pytest.fixture
 def key_prefix() -> str:
-    """``file_url:`` on fakeredis (the seed's keys); a per-run prefix on a shared server."""
+    """``file_url:`` on fakeredis (the usual key layout); a per-run prefix on a shared server."""
     return f"t{RUN_ID}:file_url:" if REDIS_URL else "file_url:"
 
 
@@ -188,3 +197,11 @@ def cache_files(urls: SignedURLs, db: sessionmaker[Session], ids: list[int]) -> 
     """Resolve the rows' URLs, which caches them."""
     with db() as session:
         return urls.resolve([session.get(File, i) for i in ids])
+
+
+def load_file(db: sessionmaker[Session], file_id: int) -> File:
+    """One ``File`` row, loaded in a session of its own (closed again)."""
+    with db() as session:
+        file = session.get(File, file_id)
+        assert file is not None
+        return file

@@ -1,11 +1,13 @@
-"""The campus forum: the seed's Flask app, with signed file URLs cached by sqla_signed_urls.
+"""The Campus Forum example: a Flask app whose file URLs are signed and cached by
+sqla_signed_urls.
 
 Run it on embedded defaults (SQLite in ``instance/``, an in-process Redis, ``LocalSigner``)::
 
     flask --app examples.campus_forum run
 
-It seeds demo data on first start. ``DATABASE_URL``, ``REDIS_URL``, ``ADMIN_TOKEN`` and the
-``OSS_*`` variables switch it to real servers; see ``docs/example-and-migrations.md``.
+It fills an empty database with demo data on first start. ``DATABASE_URL``, ``REDIS_URL``,
+``ADMIN_TOKEN`` and the ``OSS_*`` variables switch it to real servers; see
+``docs/example-and-migrations.md``.
 """
 
 from __future__ import annotations

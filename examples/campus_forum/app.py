@@ -30,19 +30,14 @@ from sqlalchemy import Engine, create_engine, func, select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from sqla_signed_urls import Settings, SignatureError, SignedURLs
+from sqla_signed_urls.flask import admin_blueprint
+from sqla_signed_urls.service import CacheService
 from sqla_signed_urls.signers import LocalSigner, OSSSigner, Signer
 
+from .demo_data import load_demo_data
 from .images import identicon_png, sniff_image_type
 from .models import Base, File, Post, User
-from .seed import seed_demo_data
 from .storage import LocalStorage, OSSStorage, Storage
-
-try:  # the admin API lives in the optional `flask` extra of sqla_signed_urls
-    from sqla_signed_urls.flask import admin_blueprint
-    from sqla_signed_urls.service import CacheService
-except ImportError:  # pragma: no cover - depends on the installed version
-    admin_blueprint = None  # type: ignore[assignment]
-    CacheService = None  # type: ignore[assignment,misc]
 
 __all__ = ["Forum", "create_app"]
 
@@ -122,13 +117,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     ``instance/``, an in-process Redis, ``LocalSigner`` with files under ``instance/uploads``.
 
     Environment: ``DATABASE_URL``, ``REDIS_URL``, ``ADMIN_TOKEN`` (mounts the admin API),
-    ``FILES_SECRET``, the seed's ``FILE_URL_*`` settings, and ``OSS_*`` to sign with OSS.
+    ``FILES_SECRET``, the ``FILE_URL_*`` settings, and ``OSS_*`` to sign with OSS.
     ``config`` overrides them; tests also pass ``ENGINE`` (an Engine), ``REDIS_CLIENT`` (a
     redis-py client) and ``INSTANCE_PATH``.
     """
     app = Flask("examples.campus_forum", instance_path=(config or {}).get("INSTANCE_PATH"))
     app.config.update(
-        SEED_DEMO_DATA=True,
+        LOAD_DEMO_DATA=True,
         AUTO_MIGRATE=True,
         POSTS_PER_PAGE=10,
         MAX_CONTENT_LENGTH=2 * 1024 * 1024,
@@ -152,16 +147,16 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         }
     )
     redis = app.config["REDIS_CLIENT"] or redis_url
-    urls = SignedURLs.from_settings(settings, signer=signer, redis=redis)
+    urls = SignedURLs(signer, settings=settings, redis=redis)
     urls.install(Base)
     forum = Forum(engine, urls, signer, storage, own_engine=own_engine)
     app.extensions["campus_forum"] = forum
 
-    if app.config["SEED_DEMO_DATA"]:
+    if app.config["LOAD_DEMO_DATA"]:
         with forum.Session() as session:
             if not session.scalar(select(func.count()).select_from(User)):
-                seed_demo_data(session, storage)
-                log.info("seeded the forum with demo data")
+                load_demo_data(session, storage)
+                log.info("filled the empty forum with demo data")
 
     app.register_blueprint(bp)
     if forum.serves_files:
@@ -256,9 +251,6 @@ def _redact_access_log() -> None:
 def _mount_admin(app: Flask, forum: Forum) -> None:
     token = app.config["ADMIN_TOKEN"]
     if not token:
-        return
-    if admin_blueprint is None or CacheService is None:
-        log.warning("ADMIN_TOKEN is set but this sqla_signed_urls has no admin API")
         return
     service = CacheService(forum.urls, session_factory=forum.Session, model=File)
     app.register_blueprint(admin_blueprint(service, token=token))

@@ -45,9 +45,10 @@ def gradient_png(width: int, height: int, top: Color, bottom: Color, *, stripes:
     return png(width, height, rows)
 
 
-def identicon_png(seed: int, size: int = 64) -> bytes:
-    """A GitHub-style 5x5 symmetric identicon, ``size`` pixels square."""
-    rng = random.Random(seed)
+def identicon_png(salt: int, size: int = 64) -> bytes:
+    """A GitHub-style 5x5 symmetric identicon, ``size`` pixels square; ``salt`` picks the
+    pattern and colour (the same salt, the same picture)."""
+    rng = random.Random(salt)
     fg = (rng.randint(40, 200), rng.randint(40, 200), rng.randint(40, 200))
     bg = (240, 240, 240)
     cells = [[rng.random() < 0.5 for _ in range(3)] for _ in range(5)]

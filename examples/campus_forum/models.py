@@ -1,5 +1,5 @@
 """The campus forum's tables: users with avatars, posts with images and attachments, and one
-``files`` table holding every stored object, as in the seed's app.
+``files`` table holding every stored object.
 
 ``File.object_key`` is an :class:`~sqla_signed_urls.ObjectKey` column, so once
 ``SignedURLs.install(Base)`` has run, ``file.url`` is a cached signed URL.

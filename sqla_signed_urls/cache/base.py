@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import NamedTuple
 
 __all__ = [
@@ -22,6 +22,8 @@ __all__ = [
     "Servable",
     "SharedStore",
     "StoredValue",
+    "Subscription",
+    "Write",
     "decode_entry",
     "encode_entry",
     "match_entry",
@@ -133,29 +135,100 @@ def decode_entry(raw: bytes | str | None) -> StoredValue | None:
         return None
 
 
-class SharedStore(abc.ABC):
-    """The shared cache behind the in-process layer (Redis in production).
+#: A cache write: key, encoded value, TTL in seconds, end of the cache lifetime (Unix seconds).
+Write = tuple[str, bytes, int, int]
 
-    Every method may raise; :class:`~sqla_signed_urls.SignedURLs` turns failures into direct
-    signing and opens its circuit breaker.
+
+class Subscription(abc.ABC):
+    """A live subscription to the invalidation channel (see :meth:`SharedStore.subscribe`)."""
+
+    @abc.abstractmethod
+    def next_event(self, timeout: float) -> tuple[str, str] | None:
+        """Wait up to ``timeout`` seconds for the next event: ``("subscribed", "")`` when the
+        server confirms the subscription (again after a silent reconnect), ``("message",
+        text)`` for a published message, ``None`` when nothing came."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Unsubscribe and release the connection."""
+
+
+class SharedStore(abc.ABC):
+    """The shared cache behind the in-process layer: everything the read path and
+    :class:`~sqla_signed_urls.CacheService` ask of it, so neither knows the key layout.
+
+    Every method may raise; errors of the kinds in :attr:`errors` mean the store is
+    unreachable or answered wrongly. :class:`~sqla_signed_urls.SignedURLs` turns any failure
+    into direct signing and opens its circuit breaker; ``CacheService`` raises
+    :class:`~sqla_signed_urls.CacheError`. Check an implementation of your own with
+    :class:`sqla_signed_urls.testing.SharedStoreContract`::
+
+        class MyStore(SharedStore): ...
+        urls = SignedURLs(signer, store=MyStore(...))
     """
+
+    #: Where keys live: every URL key starts with it; bookkeeping is kept apart from them.
+    prefix: str
+    #: Exception types that mean "the store failed" (``CacheService`` translates them).
+    errors: tuple[type[BaseException], ...] = (OSError,)
 
     @abc.abstractmethod
     def get_many(self, keys: Sequence[str]) -> list[bytes | str | None]:
-        """Values for ``keys`` in order, in one round trip."""
+        """Values for ``keys`` in order, in one round trip (``None`` for a missing key)."""
 
     @abc.abstractmethod
-    def set_many(self, items: Sequence[tuple[str, bytes, int, int]]) -> None:
-        """Store ``(key, value, ttl_seconds, cache_until)`` items in one round trip."""
+    def set_many(self, items: Sequence[Write]) -> None:
+        """Store ``(key, value, ttl, cache_until)`` items and index them by ``cache_until``,
+        in one round trip."""
 
     @abc.abstractmethod
     def delete_many(self, keys: Sequence[str]) -> int:
-        """Remove keys; return how many existed."""
+        """Remove keys and their index entries; return how many keys existed."""
 
     @abc.abstractmethod
-    def publish(self, message: str) -> None:
-        """Tell every process sharing this store (see :mod:`sqla_signed_urls.cache.local`)."""
+    def clear(self) -> int:
+        """Remove every URL key under the prefix and the expiry index, in batches (other data
+        in the same database survives); return how many URL keys were removed."""
 
     @abc.abstractmethod
     def scan_keys(self, count: int = 1000) -> Iterable[list[str]]:
         """Batches of the URL keys under the prefix (bookkeeping keys excluded)."""
+
+    @abc.abstractmethod
+    def live_count(self, now: int) -> int:
+        """How many indexed entries are still cached at ``now`` (one cheap command)."""
+
+    @abc.abstractmethod
+    def expiring(self, now: int, until: int, batch: int) -> Iterator[list[str]]:
+        """Keys whose cache lifetime ends in ``(now, until]``, each once, in batches of
+        about ``batch``; index entries that ended by ``now`` are dropped first."""
+
+    @abc.abstractmethod
+    def renew(self, items: Sequence[Write], gone: Sequence[str]) -> int:
+        """Overwrite only the keys that still exist (never bring a deleted key back), update
+        their index entries, and drop the index entries of ``gone`` keys; return how many
+        keys were renewed."""
+
+    @abc.abstractmethod
+    def add_counters(self, deltas: Mapping[str, int]) -> None:
+        """Add ``deltas`` to the fleet-wide counters."""
+
+    @abc.abstractmethod
+    def read_counters(self) -> dict[str, int]:
+        """The fleet-wide counters."""
+
+    @abc.abstractmethod
+    def memory_used(self) -> int | None:
+        """Bytes the store uses, or ``None`` when it cannot tell."""
+
+    @abc.abstractmethod
+    def publish(self, message: str) -> None:
+        """Tell every process subscribed to this store's invalidation channel."""
+
+    @abc.abstractmethod
+    def subscribe(self) -> Subscription:
+        """Subscribe to the invalidation channel (the first event confirms it)."""
+
+    def describe(self) -> dict[str, object]:
+        """Where the store is, for statistics (for Redis: the database index)."""
+        return {}

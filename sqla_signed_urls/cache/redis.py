@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..exceptions import ConfigurationError
-from .base import SharedStore
+from redis.exceptions import RedisError, ResponseError
 
-__all__ = ["LazyRedisCluster", "RedisStore", "client_from_url", "redact_url"]
+from .._extras import require
+from ..exceptions import ConfigurationError
+from .base import SharedStore, Subscription, Write
+
+__all__ = ["LazyRedisCluster", "RedisStore", "client_from_url", "make_client", "redact_url"]
+
+log = logging.getLogger("sqla_signed_urls")
 
 _SCHEMES = ("redis", "rediss", "unix")
 
@@ -97,6 +104,32 @@ def client_from_url(url: str, *, socket_timeout: float, setting: str = "redis") 
         raise _invalid(setting, url, exc) from None
 
 
+def make_client(redis: Any, *, socket_timeout: float) -> Any:
+    """The redis-py client for ``SignedURLs(redis=...)``: a URL, a ready client, or ``None``
+    for ``REDIS_URL`` (and, without it, an in-process Redis that caches for this process only).
+    """
+    if redis is None:
+        redis = os.environ.get("REDIS_URL") or None
+        setting = "REDIS_URL"
+    else:
+        setting = "SignedURLs(redis=...)"
+    if redis is None:
+        fakeredis = require("fakeredis", "embedded", "The in-process Redis (no REDIS_URL set)")
+        log.warning(
+            "No REDIS_URL set: using an in-process Redis, so the URL cache is local to "
+            "this process; set REDIS_URL to share it"
+        )
+        return fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    if isinstance(redis, str):
+        return client_from_url(redis, socket_timeout=socket_timeout, setting=setting)
+    if not all(hasattr(redis, name) for name in ("get", "mget", "pipeline", "publish")):
+        raise ConfigurationError(
+            f"{setting}: expected a redis:// URL, a redis-py client or None, "
+            f"got {type(redis).__name__}"
+        )
+    return redis
+
+
 class LazyRedisCluster:
     """A ``RedisCluster`` built on first use, for ``redis://...?cluster=true`` URLs.
 
@@ -150,7 +183,14 @@ class RedisStore(SharedStore):
       proportion to what expires, not to what is cached;
     - ``<prefix>#stats``: hash of fleet-wide counters;
     - ``<prefix>#invalidate``: pub/sub channel that keeps every process's L1 in step.
+
+    No ``KEYS``, no ``FLUSHDB``; every command works on Redis Cluster::
+
+        store = RedisStore(redis.Redis.from_url("redis://localhost:6379/1"), "file_url:")
+        SignedURLs(signer, store=store)
     """
+
+    errors = (RedisError, OSError)
 
     def __init__(self, client: Any, prefix: str) -> None:
         self.client = client
@@ -159,6 +199,11 @@ class RedisStore(SharedStore):
         self.expiry_key = f"{prefix}#expiry"
         self.stats_key = f"{prefix}#stats"
         self.channel = f"{prefix}#invalidate"
+
+    def __repr__(self) -> str:
+        return f"RedisStore(prefix={self.prefix!r})"
+
+    # -- the read path ----------------------------------------------------------------------
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | str | None]:
         if len(keys) == 1:
@@ -175,7 +220,7 @@ class RedisStore(SharedStore):
         # Keys go encoded: redis-py's per-argument encoder costs more than str.encode here.
         return list(self.client.mget([key.encode() for key in keys]))
 
-    def set_many(self, items: Sequence[tuple[str, bytes, int, int]]) -> None:
+    def set_many(self, items: Sequence[Write]) -> None:
         pipe = self.client.pipeline(transaction=False)
         for key, value, ttl, _ in items:
             pipe.set(key, value, ex=ttl)
@@ -195,8 +240,11 @@ class RedisStore(SharedStore):
         results = pipe.execute()
         return int(sum(results[:-1]))
 
-    def publish(self, message: str) -> None:
-        self.client.publish(self.channel, message)
+    # -- maintenance ------------------------------------------------------------------------
+
+    def clear(self) -> int:
+        self.client.unlink(self.expiry_key)
+        return sum(self.delete_many(batch) for batch in self.scan_keys(count=1000))
 
     def scan_keys(self, count: int = 1000) -> Iterable[list[str]]:
         bookkeeping = self.prefix + "#"
@@ -212,6 +260,52 @@ class RedisStore(SharedStore):
         if batch:
             yield batch
 
+    def live_count(self, now: int) -> int:
+        return int(self.client.zcount(self.expiry_key, f"({now}", "+inf"))
+
+    def expiring(self, now: int, until: int, batch: int) -> Iterator[list[str]]:
+        """Pages by score rather than by offset so each page costs O(log n + page): after a
+        full page, every member sharing its last score is fetched too, then paging goes on
+        above it."""
+        client, index = self.client, self.expiry_key
+        # Members whose lifetime has ended: their keys are gone too (same TTL).
+        client.zremrangebyscore(index, "-inf", now)
+        low = f"({now}"
+        seen: set[str] = set()
+        while True:
+            page = client.zrangebyscore(index, low, until, start=0, num=batch, withscores=True)
+            full = len(page) >= batch
+            if full:
+                last = page[-1][1]
+                page = page + client.zrangebyscore(index, last, last, withscores=True)
+            fresh: list[str] = []
+            for member, _ in page:
+                key = member.decode() if isinstance(member, bytes) else member
+                if key not in seen:
+                    seen.add(key)
+                    fresh.append(key)
+            for start in range(0, len(fresh), batch):
+                yield fresh[start : start + batch]
+            if not full:
+                return
+            low = f"({last!r}"
+
+    def renew(self, items: Sequence[Write], gone: Sequence[str]) -> int:
+        if not (items or gone):
+            return 0
+        pipe = self.client.pipeline(transaction=False)
+        for key, value, ttl, _ in items:
+            pipe.set(key, value, ex=ttl, xx=True)  # renew, never resurrect
+        if items:
+            pipe.zadd(self.expiry_key, {key: until for key, _, _, until in items}, xx=True)
+        if gone:
+            pipe.zrem(self.expiry_key, *gone)
+        results = pipe.execute()
+        missed = [item[0] for item, ok in zip(items, results, strict=False) if not ok]
+        if missed:  # expired or deleted between the read and the SET: drop their members
+            self.client.zrem(self.expiry_key, *missed)
+        return len(items) - len(missed)
+
     def add_counters(self, deltas: Mapping[str, int]) -> None:
         pipe = self.client.pipeline(transaction=False)
         for name, delta in deltas.items():
@@ -221,3 +315,60 @@ class RedisStore(SharedStore):
     def read_counters(self) -> dict[str, int]:
         raw = self.client.hgetall(self.stats_key)
         return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
+
+    def memory_used(self) -> int | None:
+        try:
+            info = self.client.info("memory")
+        except ResponseError:  # the in-process Redis has no INFO
+            return None
+        if isinstance(info, dict) and "used_memory" in info:
+            return int(info["used_memory"])
+        if isinstance(info, dict):  # Redis Cluster: one answer per node
+            used = [v.get("used_memory") for v in info.values() if isinstance(v, dict)]
+            return sum(int(u) for u in used if u is not None) if used else None
+        return None
+
+    def describe(self) -> dict[str, object]:
+        pool = getattr(self.client, "connection_pool", None)
+        db = (getattr(pool, "connection_kwargs", None) or {}).get("db", 0)
+        try:
+            return {"redis_db": int(db)}
+        except (TypeError, ValueError):
+            return {"redis_db": 0}
+
+    # -- invalidation channel ---------------------------------------------------------------
+
+    def publish(self, message: str) -> None:
+        self.client.publish(self.channel, message)
+
+    def subscribe(self) -> Subscription:
+        return _RedisSubscription(self.client.pubsub(), self.channel)
+
+
+class _RedisSubscription(Subscription):
+    def __init__(self, pubsub: Any, channel: str) -> None:
+        self._pubsub = pubsub
+        try:
+            pubsub.subscribe(channel)
+        except Exception:
+            self.close()
+            raise
+
+    def next_event(self, timeout: float) -> tuple[str, str] | None:
+        message = self._pubsub.get_message(timeout=timeout)
+        if message is None:
+            return None
+        kind = message.get("type")
+        if kind == "subscribe":
+            # Also after redis-py lost the connection and subscribed again by itself.
+            return ("subscribed", "")
+        if kind == "message":
+            data = message["data"]
+            return ("message", data.decode() if isinstance(data, bytes) else str(data))
+        return None
+
+    def close(self) -> None:
+        try:
+            self._pubsub.close()
+        except Exception:
+            log.debug("pubsub close failed")

@@ -1,4 +1,9 @@
-"""Aliyun OSS signing through ``oss2``."""
+"""Aliyun OSS signing through ``oss2`` (the ``oss`` extra: ``pip install "sqla-signed-urls[oss]"``).
+
+This module imports without oss2, so ``from sqla_signed_urls.signers import OSSSigner`` always
+works; building a signer without it raises :class:`~sqla_signed_urls.ConfigurationError` naming
+the extra.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .._extras import require
 from ..exceptions import ConfigurationError, SigningError
 from .base import Signer, quote_key, quote_keys
 
@@ -26,10 +32,11 @@ class OSSSigner(Signer):
 
     V1 URLs are stable (the expiry is the only time in them). V4 URLs embed the signing time,
     so each signing gives a new URL; the shared Redis cache is what keeps them identical across
-    processes, and ``url_ttl`` is limited to 7 days.
+    processes, and ``url_ttl`` is limited to 7 days. Needs the ``oss`` extra.
     """
 
     def __init__(self, bucket: Any) -> None:
+        require("oss2", "oss", "OSSSigner")
         for attr in ("sign_url", "bucket_name", "auth"):
             if not hasattr(bucket, attr):
                 raise ConfigurationError(
@@ -54,7 +61,7 @@ class OSSSigner(Signer):
         """Build a signer from ``OSS_ACCESS_KEY_ID``, ``OSS_ACCESS_KEY_SECRET``,
         ``OSS_ENDPOINT`` and ``OSS_BUCKET``; ``OSS_REGION`` selects V4 signing and
         ``OSS_SESSION_TOKEN`` STS credentials."""
-        import oss2
+        oss2 = require("oss2", "oss", "OSSSigner")
 
         env = os.environ if environ is None else environ
         required = ("OSS_ACCESS_KEY_ID", "OSS_ACCESS_KEY_SECRET", "OSS_ENDPOINT", "OSS_BUCKET")

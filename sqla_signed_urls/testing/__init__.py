@@ -18,5 +18,7 @@
 from __future__ import annotations
 
 from ._helpers import CountingRedis, FakeSigner
+from .signers import check_signer
+from .stores import SharedStoreContract
 
-__all__ = ["CountingRedis", "FakeSigner"]
+__all__ = ["CountingRedis", "FakeSigner", "SharedStoreContract", "check_signer"]
