@@ -105,6 +105,19 @@ def test_demo_on_the_in_process_redis_without_fakeredis_names_the_embedded_extra
     )
 
 
+def test_in_process_redis_default_without_fakeredis_names_the_embedded_extra() -> None:
+    expect_configuration_error(
+        "fakeredis",
+        "embedded",
+        """
+        from sqla_signed_urls import SignedURLs
+        from sqla_signed_urls.signers import LocalSigner
+        SignedURLs(LocalSigner("s" * 32, base_url="/files"))  # no redis=, no REDIS_URL
+        """,
+        package="fakeredis",
+    )
+
+
 def _assert_one_line_cli_error(result: subprocess.CompletedProcess[str], package: str) -> None:
     assert result.returncode == 2, (result.returncode, result.stderr)
     lines = result.stderr.strip().splitlines()
