@@ -8,18 +8,28 @@ the ORM glue (:mod:`.orm`). See ``docs/architecture.md``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import random
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.util import concurrency as _concurrency
 
 from . import signals
 from ._keys import URLSpec
-from .cache.base import Servable, SharedStore, encode_entry, match_entry, signer_tag
+from .cache.base import (
+    AsyncSharedStore,
+    Servable,
+    SharedStore,
+    encode_entry,
+    match_entry,
+    signer_tag,
+)
 from .cache.channel import InvalidationChannel
 from .cache.guard import FailOpen
 from .cache.local import LocalCache
@@ -43,6 +53,13 @@ _MISSING: Any = object()
 _FLIGHT_WAIT = 10.0
 #: A queued cache write: key, encoded value, TTL, end of cache lifetime, id for the log line.
 _Write = tuple[str, bytes, int, int, str]
+#: Cache writes a coroutine's plain ``obj.url`` may leave scheduled on the loop at once; past it
+#: a write is dropped (and counted), never awaited by the reader.
+MAX_SCHEDULED_WRITES = 1000
+#: The event loop running in this thread, or ``None`` (a C call: cheap on every L1 miss).
+_running_loop = asyncio._get_running_loop
+_in_greenlet = _concurrency.in_greenlet
+_await_only = _concurrency.await_only
 
 
 class _Flight:
@@ -54,6 +71,50 @@ class _Flight:
         self.object_key = object_key
         self.url: str | None = None
         self.done = threading.Event()
+
+
+class _Page:
+    """The rows of a ``resolve()`` the in-process layer did not answer, each key once.
+
+    An object listed twice (or two loaded copies of one row) is read and signed once; its
+    repeats are answered from the first afterwards (:meth:`disagreeing`).
+    """
+
+    __slots__ = ("indexes", "keys", "object_keys", "repeats", "specs")
+
+    def __init__(
+        self, keys: list[str], object_keys: list[str], indexes: list[int], specs: list[URLSpec]
+    ) -> None:
+        self.repeats: list[tuple[int, int, URLSpec, bool]] = []
+        if len(set(keys)) != len(keys):
+            first: dict[str, int] = {}
+            for pos, key in enumerate(keys):
+                first.setdefault(key, pos)
+            for pos, key in enumerate(keys):
+                earlier = first[key]
+                if earlier != pos:
+                    same = object_keys[pos] == object_keys[earlier]
+                    self.repeats.append((indexes[pos], indexes[earlier], specs[pos], same))
+            keep = sorted(first.values())
+            keys = [keys[p] for p in keep]
+            object_keys = [object_keys[p] for p in keep]
+            indexes = [indexes[p] for p in keep]
+            specs = [specs[p] for p in keep]
+        self.keys = keys
+        self.object_keys = object_keys
+        self.indexes = indexes
+        self.specs = specs
+
+    def disagreeing(self, results: list[str | None]) -> list[tuple[int, URLSpec]]:
+        """Fill the repeats that agree with their first copy; return the rows whose copies
+        disagree (another session's edit), which each need a read of their own."""
+        alone: list[tuple[int, URLSpec]] = []
+        for i, earlier, spec, same in self.repeats:
+            if same:
+                results[i] = results[earlier]
+            else:
+                alone.append((i, spec))
+        return alone
 
 
 _instances: weakref.WeakSet[SignedURLs] = weakref.WeakSet()
@@ -94,6 +155,7 @@ class SignedURLs:
         settings: Settings | None = None,
         redis: Any = None,
         store: SharedStore | None = None,
+        async_redis: Any = None,
         **options: Any,
     ) -> None:
         if not isinstance(signer, Signer):
@@ -120,11 +182,21 @@ class SignedURLs:
             #: The redis-py client (``None`` for a store of another kind).
             self.redis: Any = getattr(store, "client", None)
             self._owns_client = False
+            self._async_source: Any = async_redis
+            self._embedded = False
         else:
+            # What the async twin of the client is built from, on first async use.
+            if async_redis is not None:
+                self._async_source = async_redis
+            elif redis is None:
+                self._async_source = os.environ.get("REDIS_URL") or None
+            else:
+                self._async_source = redis if isinstance(redis, str) else None
             # A client we build from a URL (or the in-process one) is ours to close; a
             # passed one belongs to the caller.
             self._owns_client = redis is None or isinstance(redis, str)
             self.redis = make_client(redis, socket_timeout=s.socket_timeout)
+            self._embedded = redis is None and self._async_source is None
             store = RedisStore(self.redis, s.key_prefix)
         self.store: SharedStore = store
         self._window = s.window
@@ -149,6 +221,9 @@ class SignedURLs:
         )
         self._flights: dict[str, _Flight] = {}
         self._flights_lock = threading.Lock()
+        self._astore: AsyncSharedStore | None = None
+        self._owns_async_client = isinstance(async_redis, str) or async_redis is None
+        self._scheduled: set[asyncio.Task[None]] = set()
         self._installation = Installation(
             key_prefix=s.key_prefix, read=self._url, invalidate=self.invalidate_keys, owner=self
         )
@@ -233,6 +308,11 @@ class SignedURLs:
         return self._lookup(spec, key, object_key)
 
     def _lookup(self, spec: URLSpec, key: str, object_key: str) -> str | None:
+        if _running_loop() is not None:  # never block an event loop on Redis
+            if _in_greenlet():  # awaitable_attrs, AsyncSession internals: await it there
+                url: str | None = _await_only(self._alookup(spec, key, object_key))
+                return url
+            return self._sign_in_loop(spec, key, object_key)
         raws = self._guard.get_many([key])
         if raws is not None:
             entry = match_entry(raws[0], self._tag, object_key, _time(), self._min_validity)
@@ -264,6 +344,65 @@ class SignedURLs:
                     del self._flights[key]
         return flight.url
 
+    async def aurl_for(self, obj: Any, attr: str = "url") -> str | None:
+        """:meth:`url_for` for async code: L1, then one awaited ``GET``, then sign and write.
+        ``await obj.awaitable_attrs.url`` (SQLAlchemy's ``AsyncAttrs``) does the same."""
+        return await self._aurl(obj, self._spec(type(obj), attr))
+
+    async def _aurl(self, obj: Any, spec: URLSpec) -> str | None:
+        object_key = getattr(obj, spec.column)
+        if not object_key:
+            return None
+        key = spec.key_for(obj)
+        if key is None:  # not flushed yet: nothing to cache it under
+            return self._sign_uncached(spec, obj, object_key)
+        local = self.local
+        if local is not None and self.channel.live:
+            entry = local.get(key)
+            if entry is not None and entry[0] == object_key and entry[2] > _time():
+                self._count_hit(spec, key)
+                return entry[1]
+        return await self._alookup(spec, key, object_key)
+
+    async def _alookup(self, spec: URLSpec, key: str, object_key: str) -> str | None:
+        astore = self.async_store
+        raws = await self._guard.acall(astore.get_many, [key])
+        if raws is not None:
+            entry = match_entry(raws[0], self._tag, object_key, _time(), self._min_validity)
+            if entry is not None and self.signer.url_is_for(entry[1], object_key):
+                self._remember([(key, entry)])
+                self._count_hit(spec, key)
+                return entry[1]
+        self._count_misses(spec, [key])
+        writes: list[_Write] = []
+        url = self._sign(spec, [(key, object_key)], writes, raws is not None)[key]
+        if raws is not None:
+            await self._awrite(writes)
+        return url
+
+    def _sign_in_loop(self, spec: URLSpec, key: str, object_key: str) -> str | None:
+        """A plain ``obj.url`` in a coroutine: no network I/O. The URL is signed directly (its
+        windowed expiry makes it the one other processes serve for stable signers) and its
+        write scheduled on the loop, never awaited here; past ``MAX_SCHEDULED_WRITES`` waiting
+        writes, or with no async client, the write is dropped and counted."""
+        self._count_misses(spec, [key])
+        loop = _running_loop()
+        can_write = (
+            loop is not None
+            and self._async_available()
+            and len(self._scheduled) < MAX_SCHEDULED_WRITES
+            and not self._guard.skipping
+        )
+        writes: list[_Write] = []
+        url = self._sign(spec, [(key, object_key)], writes, can_write)[key]
+        if writes and can_write and loop is not None:
+            task = loop.create_task(self._awrite(writes))
+            self._scheduled.add(task)
+            task.add_done_callback(self._scheduled.discard)
+        elif writes:
+            self.stats.writes_dropped += len(writes)
+        return url
+
     def resolve(self, objects: Iterable[Any], attr: str = "url") -> list[str | None]:
         """URLs for many objects in input order: in-process layer first, then ONE ``MGET``
         for the rest, then at most one pipelined write for what had to be signed.
@@ -274,6 +413,40 @@ class SignedURLs:
         """
         objects = objects if isinstance(objects, list) else list(objects)
         results: list[str | None] = [None] * len(objects)
+        page = self._resolve_local(objects, attr, results)
+        if page is not None:
+            raws = self._guard.get_many(page.keys)
+            writes = self._serve(page, raws, results)
+            if writes:
+                self._write(writes)
+            for i, spec in page.disagreeing(results):
+                results[i] = self._url(objects[i], spec)
+        return results
+
+    async def aresolve(self, objects: Iterable[Any], attr: str = "url") -> list[str | None]:
+        """:meth:`resolve` for async code: the same rules and results, with the Redis read (ONE
+        ``MGET``) and the write (at most one pipeline) awaited on a ``redis.asyncio`` client::
+
+            files = (await session.scalars(select(File).limit(50))).all()
+            for file, url in zip(files, await urls.aresolve(files)): ...
+        """
+        objects = objects if isinstance(objects, list) else list(objects)
+        results: list[str | None] = [None] * len(objects)
+        page = self._resolve_local(objects, attr, results)
+        if page is not None:
+            astore = self.async_store
+            raws = await self._guard.acall(astore.get_many, page.keys)
+            writes = self._serve(page, raws, results)
+            if writes:
+                await self._awrite(writes)
+            for i, spec in page.disagreeing(results):
+                results[i] = await self._aurl(objects[i], spec)
+        return results
+
+    def _resolve_local(
+        self, objects: list[Any], attr: str, results: list[str | None]
+    ) -> _Page | None:
+        """Answer what the in-process layer (or an empty key) can; return the rest."""
         # What the in-process layer did not answer, as parallel lists in input order: the
         # Redis key, object key, result index and spec of each row (cheaper than a tuple each).
         keys: list[str] = []
@@ -317,44 +490,15 @@ class SignedURLs:
             indexes.append(i)
             specs.append(spec)
         self._count_hits(hit_count, hits)
-        if not keys:
-            return results
-        if len(set(keys)) == len(keys):
-            self._resolve_shared(keys, object_keys, indexes, specs, results)
-            return results
-        # An object listed twice (or two loaded copies of one row): each key is read and
-        # signed once, the repeats answered afterwards.
-        first: dict[str, int] = {}
-        for pos, key in enumerate(keys):
-            first.setdefault(key, pos)
-        keep = sorted(first.values())
-        self._resolve_shared(
-            [keys[p] for p in keep],
-            [object_keys[p] for p in keep],
-            [indexes[p] for p in keep],
-            [specs[p] for p in keep],
-            results,
-        )
-        for pos, key in enumerate(keys):
-            earlier = first[key]
-            if earlier == pos:
-                continue
-            i = indexes[pos]
-            if object_keys[pos] == object_keys[earlier]:
-                results[i] = results[indexes[earlier]]
-            else:  # copies that disagree (another session's edit): each gets its own URL
-                results[i] = self._url(objects[i], specs[pos])
-        return results
+        return _Page(keys, object_keys, indexes, specs) if keys else None
 
-    def _resolve_shared(
-        self,
-        keys: list[str],
-        object_keys: list[str],
-        indexes: list[int],
-        specs: list[URLSpec],
-        results: list[str | None],
-    ) -> None:
-        raws = self._guard.get_many(keys)
+    def _serve(
+        self, page: _Page, raws: Sequence[bytes | str | None] | None, results: list[str | None]
+    ) -> list[_Write]:
+        """Serve what ``raws`` (the shared values of ``page.keys``, ``None`` when the store was
+        skipped or failed) holds for the rows now, sign the rest, and return the writes to
+        make (none when the read failed: the store is not asked again now)."""
+        keys, object_keys, indexes, specs = page.keys, page.object_keys, page.indexes, page.specs
         hits = self._hit_keys()
         fresh: list[tuple[str, Servable]] = []
         missed: list[int] = []  # positions to sign
@@ -377,7 +521,7 @@ class SignedURLs:
         else:
             missed = list(range(len(keys)))
         if not missed:
-            return
+            return []
         to_sign: dict[URLSpec, list[tuple[str, str]]] = {}
         position: dict[str, int] = {}
         for pos in missed:
@@ -388,8 +532,7 @@ class SignedURLs:
             self._count_misses(spec, [key for key, _ in items])
             for key, signed in self._sign(spec, items, writes, raws is not None).items():
                 results[indexes[position[key]]] = signed
-        if raws is not None:
-            self._write(writes)
+        return writes if raws is not None else []
 
     def _remember(self, items: list[tuple[str, Servable]]) -> None:
         if self.local is not None and self.channel.live and items:
@@ -478,9 +621,48 @@ class SignedURLs:
         if not writes:
             return
         items = [(key, value, ttl, until) for key, value, ttl, until, _ in writes]
-        if self._guard.set_many(items) and log.isEnabledFor(logging.INFO):
-            for _, _, ttl, _, ident in writes:
-                log.info("Cached URL for file %s for %d seconds", ident, ttl)
+        if self._guard.set_many(items):
+            _log_writes(writes)
+
+    async def _awrite(self, writes: list[_Write]) -> None:
+        if not writes:
+            return
+        items = [(key, value, ttl, until) for key, value, ttl, until, _ in writes]
+        if await self._guard.aset_many(self.async_store, items):
+            _log_writes(writes)
+
+    def _async_available(self) -> bool:
+        return self._astore is not None or self._async_source is not None or self._embedded
+
+    @property
+    def async_store(self) -> AsyncSharedStore:
+        """The ``redis.asyncio`` twin of :attr:`store`, built on first async use (from
+        ``async_redis=``, the Redis URL, or the in-process Redis); ``ConfigurationError`` when
+        ``redis=`` was a ready sync client and no ``async_redis=`` was given."""
+        astore = self._astore
+        if astore is None:
+            from .cache.aredis import AsyncRedisStore, async_client_from_url
+
+            source = self._async_source
+            if isinstance(source, str):
+                client = async_client_from_url(
+                    source, socket_timeout=self.settings.socket_timeout, setting="async_redis"
+                )
+            elif source is not None:
+                client = source
+            elif self._embedded:
+                import fakeredis
+
+                server = self.redis.connection_pool.connection_kwargs["server"]
+                client = fakeredis.FakeAsyncRedis(server=server)
+            else:
+                raise ConfigurationError(
+                    "SignedURLs(async_redis=...): async reads need a redis.asyncio client or a "
+                    "redis:// URL; the redis=... given is a ready sync client, which has no "
+                    "async twin"
+                )
+            astore = self._astore = AsyncRedisStore(client, self.settings.key_prefix)
+        return astore
 
     def _sign_failed(self, spec: URLSpec | None, key: str | None, obj: Any, exc: Exception) -> None:
         error = exc if isinstance(exc, SigningError) else SigningError(f"{type(exc).__name__}")
@@ -548,7 +730,12 @@ class SignedURLs:
             return 0
         self.clear_local(keys)
         self.stats.invalidations += len(keys)
-        removed = self._guard.delete_and_publish(keys)
+        if _running_loop() is not None and _in_greenlet() and self._async_available():
+            # AsyncSession's commit: await the async client there, never block the loop
+            delete = self._guard.adelete_and_publish(self.async_store, keys)
+            removed: int | None = _await_only(delete)
+        else:
+            removed = self._guard.delete_and_publish(keys)
         if removed is None:
             self.channel.defer(keys)
         for cls, ks in keys_by_class.items():
@@ -591,11 +778,33 @@ class SignedURLs:
             except Exception:  # closing must not fail the app's shutdown
                 log.debug("could not close the Redis client")
 
+    async def aclose(self) -> None:
+        """:meth:`close` for async apps: also closes the ``redis.asyncio`` client when
+        ``SignedURLs`` built it (call it on the loop that used it, e.g. in a lifespan)."""
+        for task in list(self._scheduled):
+            await task
+        astore, self._astore = self._astore, None
+        client = getattr(astore, "client", None)
+        if client is not None and self._owns_async_client:
+            try:
+                await client.aclose()
+            except Exception:  # closing must not fail the app's shutdown
+                log.debug("could not close the async Redis client")
+        self.close()
+
     def _forked(self) -> None:
+        self._astore = None  # its connections belong to the parent's event loop
+        self._scheduled = set()
         self.channel.forked()
         self.stats.forked()
         self._flights_lock = threading.Lock()
         self._flights = {}
+
+
+def _log_writes(writes: list[_Write]) -> None:
+    if log.isEnabledFor(logging.INFO):
+        for _, _, ttl, _, ident in writes:
+            log.info("Cached URL for file %s for %d seconds", ident, ttl)
 
 
 def _ident(key: str | None, spec: URLSpec | None) -> str:

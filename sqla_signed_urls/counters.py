@@ -23,11 +23,13 @@ class Stats:
     (41, 3)
     """
 
-    __slots__ = (*COUNTERS, "_flushed", "_lock")
+    __slots__ = (*COUNTERS, "_flushed", "_lock", "writes_dropped")
 
     def __init__(self) -> None:
         self.hits = self.misses = self.signed = self.errors = 0
         self.sign_errors = self.invalidations = self.breaker_opened = 0
+        #: Cache writes a coroutine's plain ``obj.url`` could not schedule (this process only).
+        self.writes_dropped = 0
         self._flushed = dict.fromkeys(COUNTERS, 0)
         self._lock = threading.Lock()
 

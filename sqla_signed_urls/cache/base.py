@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import abc
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from typing import NamedTuple
 
 __all__ = [
+    "AsyncSharedStore",
+    "AsyncSubscription",
     "Entry",
     "Servable",
     "SharedStore",
@@ -231,4 +233,85 @@ class SharedStore(abc.ABC):
 
     def describe(self) -> dict[str, object]:
         """Where the store is, for statistics (for Redis: the database index)."""
+        return {}
+
+
+class AsyncSubscription(abc.ABC):
+    """The asyncio twin of :class:`Subscription` (see :meth:`AsyncSharedStore.subscribe`)."""
+
+    @abc.abstractmethod
+    async def next_event(self, timeout: float) -> tuple[str, str] | None:
+        """As :meth:`Subscription.next_event`."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """As :meth:`Subscription.close`."""
+
+
+class AsyncSharedStore(abc.ABC):
+    """The asyncio twin of :class:`SharedStore`: the same methods and promises, every one that
+    talks to the store a coroutine, :meth:`scan_keys` and :meth:`expiring` async iterators.
+    Check an implementation of your own with
+    :class:`sqla_signed_urls.testing.AsyncSharedStoreContract`.
+    """
+
+    #: As :attr:`SharedStore.prefix`.
+    prefix: str
+    #: As :attr:`SharedStore.errors`.
+    errors: tuple[type[BaseException], ...] = (OSError,)
+
+    @abc.abstractmethod
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | str | None]:
+        """As :meth:`SharedStore.get_many`."""
+
+    @abc.abstractmethod
+    async def set_many(self, items: Sequence[Write]) -> None:
+        """As :meth:`SharedStore.set_many`."""
+
+    @abc.abstractmethod
+    async def delete_many(self, keys: Sequence[str]) -> int:
+        """As :meth:`SharedStore.delete_many`."""
+
+    @abc.abstractmethod
+    async def clear(self) -> int:
+        """As :meth:`SharedStore.clear`."""
+
+    @abc.abstractmethod
+    def scan_keys(self, count: int = 1000) -> AsyncIterator[list[str]]:
+        """As :meth:`SharedStore.scan_keys`, an async iterator (``async def`` with ``yield``)."""
+
+    @abc.abstractmethod
+    async def live_count(self, now: int) -> int:
+        """As :meth:`SharedStore.live_count`."""
+
+    @abc.abstractmethod
+    def expiring(self, now: int, until: int, batch: int) -> AsyncIterator[list[str]]:
+        """As :meth:`SharedStore.expiring`, an async iterator (``async def`` with ``yield``)."""
+
+    @abc.abstractmethod
+    async def renew(self, items: Sequence[Write], gone: Sequence[str]) -> int:
+        """As :meth:`SharedStore.renew`."""
+
+    @abc.abstractmethod
+    async def add_counters(self, deltas: Mapping[str, int]) -> None:
+        """As :meth:`SharedStore.add_counters`."""
+
+    @abc.abstractmethod
+    async def read_counters(self) -> dict[str, int]:
+        """As :meth:`SharedStore.read_counters`."""
+
+    @abc.abstractmethod
+    async def memory_used(self) -> int | None:
+        """As :meth:`SharedStore.memory_used`."""
+
+    @abc.abstractmethod
+    async def publish(self, message: str) -> None:
+        """As :meth:`SharedStore.publish`."""
+
+    @abc.abstractmethod
+    async def subscribe(self) -> AsyncSubscription:
+        """As :meth:`SharedStore.subscribe`."""
+
+    def describe(self) -> dict[str, object]:
+        """As :meth:`SharedStore.describe`."""
         return {}

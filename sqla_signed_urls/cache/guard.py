@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from .. import signals
-from .base import SharedStore, Write
+from .base import AsyncSharedStore, SharedStore, Write
 
 __all__ = ["FailOpen"]
 
@@ -84,12 +84,51 @@ class FailOpen:
 
         return self._call(both, keys)
 
+    async def aset_many(self, store: AsyncSharedStore, items: Sequence[Write]) -> bool:
+        """:meth:`set_many` through ``store``, the async twin of the store."""
+
+        async def write(items: Sequence[Write]) -> bool:
+            await store.set_many(items)
+            return True
+
+        return await self.acall(write, items) is not None
+
+    async def adelete_and_publish(self, store: AsyncSharedStore, keys: list[str]) -> int | None:
+        """:meth:`delete_and_publish` through ``store``, the async twin of the store."""
+
+        async def both(keys: list[str]) -> int:
+            removed = await store.delete_many(keys)
+            await store.publish("\n".join(keys))
+            return removed
+
+        return await self.acall(both, keys)
+
     def _call(self, op: Callable[[Any], _T], arg: Any) -> _T | None:
         if self._down_until and _time() < self._down_until:
             return None
         self._on_use()
         try:
             result = op(arg)
+        except Exception as exc:
+            self.failed(exc)
+            return None
+        if self.outage:
+            self.recovered()
+        return result
+
+    @property
+    def skipping(self) -> bool:
+        """True while the breaker is open: the store is not asked."""
+        return bool(self._down_until) and _time() < self._down_until
+
+    async def acall(self, op: Callable[[Any], Awaitable[_T]], arg: Any) -> _T | None:
+        """``await op(arg)`` under the same breaker as the sync calls (an async store of the
+        same Redis): ``None`` when skipped or failed. A failure never raises."""
+        if self._down_until and _time() < self._down_until:
+            return None
+        self._on_use()
+        try:
+            result = await op(arg)
         except Exception as exc:
             self.failed(exc)
             return None

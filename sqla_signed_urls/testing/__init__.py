@@ -3,7 +3,8 @@
 - :class:`CountingRedis` counts the Redis round trips a page costs;
 - :class:`FakeSigner` signs deterministic URLs and can be told to fail;
 - :func:`check_signer` checks a signer of your own against the contract the cache relies on;
-- :class:`SharedStoreContract` is the contract test suite of shared stores.
+- :class:`SharedStoreContract` and :class:`AsyncSharedStoreContract` are the contract test
+  suites of shared stores, sync and asyncio.
 
 ::
 
@@ -17,8 +18,15 @@
 
 from __future__ import annotations
 
-from ._helpers import CountingRedis, FakeSigner
+from ._helpers import CountingAsyncRedis, CountingRedis, FakeSigner
 from .signers import check_signer
-from .stores import SharedStoreContract
+from .stores import AsyncSharedStoreContract, SharedStoreContract
 
-__all__ = ["CountingRedis", "FakeSigner", "SharedStoreContract", "check_signer"]
+__all__ = [
+    "AsyncSharedStoreContract",
+    "CountingAsyncRedis",
+    "CountingRedis",
+    "FakeSigner",
+    "SharedStoreContract",
+    "check_signer",
+]

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..signers.base import Signer
 
-__all__ = ["CountingRedis", "FakeSigner"]
+__all__ = ["CountingAsyncRedis", "CountingRedis", "FakeSigner"]
 
 _NOT_ROUND_TRIPS = frozenset({"pipeline", "pubsub", "connection_pool", "get_connection_kwargs"})
 
@@ -76,6 +76,45 @@ class _CountingPipeline:
 
     def __exit__(self, *exc: object) -> None:
         self._pipe.reset()
+
+
+class CountingAsyncRedis(CountingRedis):
+    """:class:`CountingRedis` for a ``redis.asyncio`` client: a command counts when awaited.
+
+    ::
+
+        client = CountingAsyncRedis(fakeredis.FakeAsyncRedis())
+        await urls.aresolve(files)
+        assert client.commands == {"MGET": 1, "PIPELINE": 1}
+    """
+
+    _NOT_COUNTED = _NOT_ROUND_TRIPS | {"aclose", "close"}
+
+    def pipeline(self, *args: Any, **kwargs: Any) -> Any:
+        return _CountingAsyncPipeline(self, self._client.pipeline(*args, **kwargs))
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr) or name in self._NOT_COUNTED or name.startswith("_"):
+            return attr
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self._count(name)
+            return await attr(*args, **kwargs)
+
+        return counted
+
+
+class _CountingAsyncPipeline(_CountingPipeline):
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        self._owner._count("pipeline")
+        return await self._pipe.execute(*args, **kwargs)
+
+    async def __aenter__(self) -> _CountingAsyncPipeline:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._pipe.reset()
 
 
 class FakeSigner(Signer):

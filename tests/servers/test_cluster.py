@@ -9,7 +9,7 @@ cluster (a cluster has no db index). The test that kills a master has a cluster 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -21,8 +21,9 @@ from sqlalchemy import String, create_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from sqla_signed_urls import SignedURLs
+from sqla_signed_urls.cache.aredis import AsyncRedisStore
 from sqla_signed_urls.cache.redis import RedisStore
-from sqla_signed_urls.testing import FakeSigner, SharedStoreContract
+from sqla_signed_urls.testing import AsyncSharedStoreContract, FakeSigner, SharedStoreContract
 from sqla_signed_urls.types import ObjectKey
 
 from ..conftest import wait_until
@@ -438,6 +439,36 @@ class TestRedisStoreOnCluster(SharedStoreContract):
     def make_store(self, redis_cluster: RedisClusterGroup) -> Iterator[Callable[[str], Any]]:
         client = cluster_client(redis_cluster)
         yield lambda prefix: RedisStore(client, prefix)
+        for key in list(client.scan_iter(match=self.prefix.split(":", 1)[0] + ":*")):
+            client.unlink(key)  # one key at a time: keys of one test live on every master
+        client.close()
+
+
+class TestAsyncRedisStoreOnCluster(AsyncSharedStoreContract):
+    """The same contract, on the asyncio client of the same three masters."""
+
+    prefix = f"t{uuid.uuid4().hex[:8]}:acontract:file_url:"
+
+    @pytest.fixture
+    def make_store(
+        self, redis_cluster: RedisClusterGroup
+    ) -> Iterator[Callable[[str], AsyncIterator[AsyncRedisStore]]]:
+        from redis.asyncio.cluster import ClusterNode
+        from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+
+        nodes = [(node.host, node.port) for node in redis_cluster.startup_nodes()]
+
+        async def make(prefix: str) -> AsyncIterator[AsyncRedisStore]:
+            client = AsyncRedisCluster(
+                startup_nodes=[ClusterNode(host, port) for host, port in nodes],
+                socket_timeout=1.0,
+                socket_connect_timeout=1.0,
+            )
+            yield AsyncRedisStore(client, prefix)
+            await client.aclose()
+
+        yield make
+        client = cluster_client(redis_cluster)
         for key in list(client.scan_iter(match=self.prefix.split(":", 1)[0] + ":*")):
             client.unlink(key)  # one key at a time: keys of one test live on every master
         client.close()

@@ -1,17 +1,19 @@
-"""The shared-store contract suite (``sqla_signed_urls.testing.SharedStoreContract``) run
-against the Redis store: on the in-process Redis here, on a real server when ``REDIS_URL`` is
-set. The Redis Cluster run is in ``tests/servers/test_cluster.py``."""
+"""The shared-store contract suites (``sqla_signed_urls.testing.SharedStoreContract`` and
+``AsyncSharedStoreContract``) run against the Redis store and its asyncio twin: on the
+in-process Redis here, on a real server when ``REDIS_URL`` is set. The Redis Cluster runs are in
+``tests/servers/test_cluster.py``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import fakeredis
 import pytest
 
+from sqla_signed_urls.cache.aredis import AsyncRedisStore
 from sqla_signed_urls.cache.redis import RedisStore
-from sqla_signed_urls.testing import SharedStoreContract
+from sqla_signed_urls.testing import AsyncSharedStoreContract, SharedStoreContract
 from tests.conftest import REDIS_URL, RUN_ID, need_server
 
 
@@ -36,3 +38,42 @@ class TestRedisStoreOnServer(SharedStoreContract):
         if leftovers:
             client.unlink(*leftovers)
         client.close()
+
+
+# -- the asyncio store ----------------------------------------------------------------------------
+
+
+class TestAsyncRedisStoreInProcess(AsyncSharedStoreContract):
+    @pytest.fixture
+    def make_store(self) -> Callable[[str], AsyncIterator[AsyncRedisStore]]:
+        server = fakeredis.FakeServer()
+
+        async def make(prefix: str) -> AsyncIterator[AsyncRedisStore]:
+            client = fakeredis.FakeAsyncRedis(server=server)
+            yield AsyncRedisStore(client, prefix)
+            await client.aclose()
+
+        return make
+
+
+@pytest.mark.server
+class TestAsyncRedisStoreOnServer(AsyncSharedStoreContract):
+    prefix = f"t{RUN_ID}:acontract:file_url:"
+
+    @pytest.fixture
+    def make_store(self) -> Iterator[Callable[[str], AsyncIterator[AsyncRedisStore]]]:
+        import redis
+        import redis.asyncio
+
+        url = need_server("REDIS_URL", REDIS_URL)
+
+        async def make(prefix: str) -> AsyncIterator[AsyncRedisStore]:
+            client = redis.asyncio.Redis.from_url(url)
+            yield AsyncRedisStore(client, prefix)
+            await client.aclose()
+
+        yield make
+        with redis.Redis.from_url(url) as client:
+            leftovers = list(client.scan_iter(match=f"t{RUN_ID}:acontract:*"))
+            if leftovers:
+                client.unlink(*leftovers)
