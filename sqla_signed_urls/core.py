@@ -179,6 +179,11 @@ class SignedURLs:
                 raise ConfigurationError(
                     f"SignedURLs(store=...): expected a SharedStore, got {type(store).__name__}"
                 )
+            if store.prefix != s.key_prefix:
+                raise ConfigurationError(
+                    f"SignedURLs(store=...): the store's prefix {store.prefix!r} differs from "
+                    f"key_prefix={s.key_prefix!r}; give both the same prefix"
+                )
             #: The redis-py client (``None`` for a store of another kind).
             self.redis: Any = getattr(store, "client", None)
             self._owns_client = False

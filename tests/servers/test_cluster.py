@@ -8,6 +8,7 @@ cluster (a cluster has no db index). The test that kills a master has a cluster 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -189,6 +190,34 @@ def test_reads_resolve_and_invalidation_on_every_master(
     with db() as session:
         assert key_of(session.get(ClusterFile, 7).url) == "posts/7/new.png"
         assert session.get(ClusterFile, 8) is None
+    assert urls.stats.errors == 0
+
+
+def test_aresolve_on_the_cluster_from_a_cluster_url(
+    redis_cluster: RedisClusterGroup,
+    made: Callable[..., SignedURLs],
+    db: sessionmaker[Session],
+    prefix: str,
+) -> None:
+    """``?cluster=true`` gives async code a ``redis.asyncio`` cluster client too."""
+    urls = made(redis_cluster.url(), prefix=prefix, local_cache_size=0)
+    signer = urls.signer
+    assert isinstance(signer, FakeSigner)
+
+    async def pages() -> tuple[list[str | None], list[str | None]]:
+        with db() as session:
+            files = session.query(ClusterFile).order_by(ClusterFile.id).all()
+        try:
+            return await urls.aresolve(files), await urls.aresolve(files)
+        finally:
+            await urls.aclose()
+
+    first, again = asyncio.run(pages())
+    assert first == again and all(first)
+    assert len(signer.calls) == N_FILES, "the second page came from the cluster"
+    assert [key_of(url) for url in first] == [f"posts/{i}/image.png" for i in range(1, 61)]
+    per_master = redis_cluster.keys_per_master(prefix + "[0-9]*")
+    assert sum(per_master.values()) == N_FILES
     assert urls.stats.errors == 0
 
 

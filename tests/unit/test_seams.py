@@ -50,6 +50,8 @@ def test_settings_must_be_a_settings_object(signer: FakeSigner) -> None:
 
 def test_store_and_redis_are_exclusive_and_checked(signer: FakeSigner) -> None:
     store = MemoryStore(MemoryBackend(), "file_url:")
+    with pytest.raises(ConfigurationError, match="the store's prefix 'file_url:' differs from "):
+        SignedURLs(signer, store=store, key_prefix="img:")
     with pytest.raises(ConfigurationError, match=r"pass redis=\.\.\. or store=\.\.\., not both"):
         SignedURLs(signer, store=store, redis="redis://127.0.0.1:6379/0")
     with pytest.raises(ConfigurationError, match="expected a SharedStore, got dict"):
@@ -66,10 +68,10 @@ def backend() -> MemoryBackend:
 
 @pytest.fixture
 def on_memory(
-    make_urls: Callable[..., SignedURLs], backend: MemoryBackend
+    make_urls: Callable[..., SignedURLs], backend: MemoryBackend, key_prefix: str
 ) -> Callable[..., SignedURLs]:
     def make(**kwargs: Any) -> SignedURLs:
-        urls = make_urls(redis=None, store=MemoryStore(backend, "file_url:"), **kwargs)
+        urls = make_urls(redis=None, store=MemoryStore(backend, key_prefix), **kwargs)
         urls.install(File)
         return urls
 
@@ -88,38 +90,42 @@ def test_file_url_is_cached_in_the_store_and_invalidated_on_commit(
     backend: MemoryBackend,
     db: sessionmaker[Session],
     signer: FakeSigner,
+    key_prefix: str,
 ) -> None:
     urls = on_memory(local_cache_size=0)
     (fid,) = add_files(db, "a.png")
     first = _url(db, fid, urls)
     assert first is not None and first == _url(db, fid, urls)
     assert len(signer.calls) == 1, "the second read came from the store"
-    assert f"file_url:{fid}" in backend.values
+    assert f"{key_prefix}{fid}" in backend.values
     assert urls.store.live_count(0) == 1
     with db() as session:
         file = session.get(File, fid)
         assert file is not None
         file.object_key = "b.png"
         session.commit()
-    assert f"file_url:{fid}" not in backend.values
+    assert f"{key_prefix}{fid}" not in backend.values
     assert _url(db, fid, urls) == f"https://files.test/b.png?expires={signer.calls[-1][1]}&sig=fake"
 
 
 def test_invalidation_reaches_another_process_in_process_layer(
-    on_memory: Callable[..., SignedURLs], db: sessionmaker[Session], signer: FakeSigner
+    on_memory: Callable[..., SignedURLs],
+    db: sessionmaker[Session],
+    signer: FakeSigner,
+    key_prefix: str,
 ) -> None:
     reader, writer = on_memory(), on_memory(local_cache_size=0)
     (fid,) = add_files(db, "a.png")
     _url(db, fid, reader)
     wait_until(lambda: reader.channel.live, "the reader's listener to subscribe")
     _url(db, fid, reader)  # into the reader's L1
-    assert reader.local is not None and f"file_url:{fid}" in reader.local._data
+    assert reader.local is not None and f"{key_prefix}{fid}" in reader.local._data
     with db() as session:
         file = session.get(File, fid)
         assert file is not None
         writer.invalidate(file)
     wait_until(
-        lambda: reader.local is not None and f"file_url:{fid}" not in reader.local._data,
+        lambda: reader.local is not None and f"{key_prefix}{fid}" not in reader.local._data,
         "the invalidation to reach the reader",
     )
 
@@ -148,9 +154,12 @@ class BrokenStore(MemoryStore):
 
 
 def test_a_failing_store_of_any_kind_degrades_to_direct_signing(
-    make_urls: Callable[..., SignedURLs], db: sessionmaker[Session], signer: FakeSigner
+    make_urls: Callable[..., SignedURLs],
+    db: sessionmaker[Session],
+    signer: FakeSigner,
+    key_prefix: str,
 ) -> None:
-    urls = make_urls(redis=None, store=BrokenStore(MemoryBackend(), "file_url:"))
+    urls = make_urls(redis=None, store=BrokenStore(MemoryBackend(), key_prefix))
     urls.install(File)
     errors: list[BaseException] = []
 
