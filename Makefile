@@ -28,3 +28,4 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_fast_path.py
 	$(PY) benchmarks/bench_refresh.py
+	$(PY) benchmarks/bench_async.py

@@ -228,7 +228,9 @@ class SignedURLs:
         self._flights_lock = threading.Lock()
         self._astore: AsyncSharedStore | None = None
         self._owns_async_client = isinstance(async_redis, str) or async_redis is None
-        self._scheduled: set[asyncio.Task[None]] = set()
+        # Writes of plain obj.url reads in coroutines, sent by one task per loop iteration.
+        self._scheduled: list[_Write] = []
+        self._flusher: asyncio.Task[None] | None = None
         self._installation = Installation(
             key_prefix=s.key_prefix, read=self._url, invalidate=self.invalidate_keys, owner=self
         )
@@ -388,8 +390,9 @@ class SignedURLs:
     def _sign_in_loop(self, spec: URLSpec, key: str, object_key: str) -> str | None:
         """A plain ``obj.url`` in a coroutine: no network I/O. The URL is signed directly (its
         windowed expiry makes it the one other processes serve for stable signers) and its
-        write scheduled on the loop, never awaited here; past ``MAX_SCHEDULED_WRITES`` waiting
-        writes, or with no async client, the write is dropped and counted."""
+        write queued for one task that sends what a loop iteration queued in one pipeline
+        (one connection, not one per row), never awaited here. Past ``MAX_SCHEDULED_WRITES``
+        waiting writes, or with no async client, the write is dropped and counted."""
         self._count_misses(spec, [key])
         loop = _running_loop()
         can_write = (
@@ -401,12 +404,18 @@ class SignedURLs:
         writes: list[_Write] = []
         url = self._sign(spec, [(key, object_key)], writes, can_write)[key]
         if writes and can_write and loop is not None:
-            task = loop.create_task(self._awrite(writes))
-            self._scheduled.add(task)
-            task.add_done_callback(self._scheduled.discard)
+            self._scheduled.extend(writes)
+            if self._flusher is None or self._flusher.done():
+                self._flusher = loop.create_task(self._send_scheduled())
         elif writes:
             self.stats.writes_dropped += len(writes)
         return url
+
+    async def _send_scheduled(self) -> None:
+        await asyncio.sleep(0)  # the rest of this loop iteration's reads queue theirs too
+        while self._scheduled:
+            writes, self._scheduled = self._scheduled, []
+            await self._awrite(writes)
 
     def resolve(self, objects: Iterable[Any], attr: str = "url") -> list[str | None]:
         """URLs for many objects in input order: in-process layer first, then ONE ``MGET``
@@ -786,8 +795,9 @@ class SignedURLs:
     async def aclose(self) -> None:
         """:meth:`close` for async apps: also closes the ``redis.asyncio`` client when
         ``SignedURLs`` built it (call it on the loop that used it, e.g. in a lifespan)."""
-        for task in list(self._scheduled):
-            await task
+        flusher = self._flusher
+        if flusher is not None and not flusher.done():
+            await flusher
         astore, self._astore = self._astore, None
         client = getattr(astore, "client", None)
         if client is not None and self._owns_async_client:
@@ -795,11 +805,13 @@ class SignedURLs:
                 await client.aclose()
             except Exception:  # closing must not fail the app's shutdown
                 log.debug("could not close the async Redis client")
-        self.close()
+        # close() joins the listener thread: off the loop, which must not wait on it
+        await asyncio.get_running_loop().run_in_executor(None, self.close)
 
     def _forked(self) -> None:
         self._astore = None  # its connections belong to the parent's event loop
-        self._scheduled = set()
+        self._scheduled = []
+        self._flusher = None
         self.channel.forked()
         self.stats.forked()
         self._flights_lock = threading.Lock()

@@ -70,7 +70,9 @@ class World:
         return value
 
     async def scheduled_writes_done(self) -> None:
-        while self.urls._scheduled:
+        while self.urls._scheduled or (
+            self.urls._flusher is not None and not self.urls._flusher.done()
+        ):
             await asyncio.sleep(0.001)
 
 
