@@ -7,23 +7,37 @@ fleet counters and the expiry index, refreshing reads only the part of the index
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import inspect as pyinspect
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from sqlalchemy import Select, func, inspect, select
 from sqlalchemy.orm import Mapper, Session, scoped_session
 
 from . import signals
 from ._keys import pk_part
-from .cache.base import SharedStore, Write, decode_entry, encode_entry, match_entry, signer_tag
+from .cache.base import (
+    AsyncSharedStore,
+    SharedStore,
+    Write,
+    decode_entry,
+    encode_entry,
+    match_entry,
+    signer_tag,
+)
 from .core import SignedURLs, URLSpec
+from .counters import COUNTERS
 from .exceptions import CacheError, ConfigurationError, SigningError
 from .signers.base import Signer
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
 
 __all__ = ["CacheService", "RedisOnlySigner"]
 
@@ -31,8 +45,20 @@ log = logging.getLogger("sqla_signed_urls")
 
 #: What ``session_factory`` may be: a ``sessionmaker``, a ``scoped_session`` or any callable.
 SessionFactory = Callable[[], Session]
+#: What ``async_session_factory`` may be: an ``async_sessionmaker``, an
+#: ``async_scoped_session`` or any callable returning an ``AsyncSession``.
+AsyncSessionFactory = Callable[[], "AsyncSession"]
 #: Progress callback of :meth:`CacheService.warm_file_url_cache`: rows just processed.
 Progress = Callable[[int], None]
+
+_T = TypeVar("_T")
+_F = TypeVar("_F")
+#: One store call an operation's steps ask for: what it is doing (for the ``CacheError``),
+#: the store method's name and its arguments. The sync and async twins of an operation run the
+#: same steps (a generator that receives each call's result) on the store or the async store,
+#: so they differ only in how a call is made.
+_Call = tuple[str, str, tuple[Any, ...]]
+_Steps = Generator[_Call, Any, _T]
 
 
 class CacheService:
@@ -48,10 +74,18 @@ class CacheService:
         service.get_cache_stats()["hit_ratio"]       # fleet-wide, per key prefix
         service.refresh_expired_urls(within=600)     # renew what ends in the next 10 minutes
 
-    ``session_factory`` and ``model`` are needed only to warm (rows come from the database);
-    ``model`` may be left out when ``urls`` is installed on exactly one class. Clearing,
-    statistics and refreshing work on Redis alone: a cached value holds the object key it was
-    signed for, so refreshing re-signs without reading rows.
+    Each operation has an awaitable twin for async apps (``aclear_file_url_cache``,
+    ``awarm_file_url_cache``, ``aget_cache_stats``, ``arefresh_expired_urls``): the same
+    results, errors, signals and log lines, with Redis reached through ``urls.async_store``
+    (``redis.asyncio``) and rows streamed from ``async_session_factory``::
+
+        service = CacheService(urls, async_session_factory=async_session, model=File)
+        await service.awarm_file_url_cache("avatar")
+
+    ``session_factory`` (or ``async_session_factory``) and ``model`` are needed only to warm
+    (rows come from the database); ``model`` may be left out when ``urls`` is installed on
+    exactly one class. Clearing, statistics and refreshing work on Redis alone: a cached value
+    holds the object key it was signed for, so refreshing re-signs without reading rows.
 
     Redis faults raise :class:`~sqla_signed_urls.CacheError`; database faults propagate as
     SQLAlchemy errors. Each operation sends a signal (``cache_cleared``, ``cache_warmed``,
@@ -63,6 +97,7 @@ class CacheService:
         urls: SignedURLs,
         *,
         session_factory: SessionFactory | None = None,
+        async_session_factory: AsyncSessionFactory | None = None,
         model: type[Any] | None = None,
         attr: str = "url",
         batch_size: int = 500,
@@ -76,6 +111,11 @@ class CacheService:
                 "CacheService(session_factory=...): expected a sessionmaker or a callable "
                 f"returning a Session, got {type(session_factory).__name__}"
             )
+        if async_session_factory is not None and not callable(async_session_factory):
+            raise ConfigurationError(
+                "CacheService(async_session_factory=...): expected an async_sessionmaker or a "
+                f"callable returning an AsyncSession, got {type(async_session_factory).__name__}"
+            )
         if model is not None and not isinstance(inspect(model, raiseerr=False), Mapper):
             raise ConfigurationError(
                 f"CacheService(model={model!r}): expected a mapped class such as File"
@@ -86,6 +126,7 @@ class CacheService:
             )
         self.urls = urls
         self.session_factory = session_factory
+        self.async_session_factory = async_session_factory
         self.model = model
         self.attr = attr
         self.batch_size = batch_size
@@ -106,18 +147,25 @@ class CacheService:
         in-process layer. ``file_id`` is the primary key (a tuple for composite keys).
         Returns the number of Redis keys removed.
         """
-        store = self._store
-        if file_id is None:
-            with self._redis("clearing the cache"):
-                removed = store.clear()
-                store.publish("*")
-            self.urls.clear_local()
+        key = None if file_id is None else self._key_for_id(file_id)
+        return self._cleared(self._drive(self._clear_steps(key)), file_id, key)
+
+    async def aclear_file_url_cache(self, file_id: Any = None) -> int:
+        """:meth:`clear_file_url_cache` for async apps, through ``urls.async_store``."""
+        key = None if file_id is None else self._key_for_id(file_id)
+        return self._cleared(await self._adrive(self._clear_steps(key)), file_id, key)
+
+    def _clear_steps(self, key: str | None) -> _Steps[int]:
+        doing = "clearing the cache" if key is None else f"clearing {key}"
+        if key is None:
+            removed = yield (doing, "clear", ())
         else:
-            key = self._key_for_id(file_id)
-            with self._redis(f"clearing {key}"):
-                removed = store.delete_many([key])
-                store.publish(key)
-            self.urls.clear_local([key])
+            removed = yield (doing, "delete_many", ([key],))
+        yield (doing, "publish", (key or "*",))
+        return int(removed)
+
+    def _cleared(self, removed: int, file_id: Any, key: str | None) -> int:
+        self.urls.clear_local(None if key is None else [key])
         suffix = "" if file_id is None else f" for file {file_id}"
         log.info("Cleared %d cached URL(s)%s", removed, suffix)
         signals.cache_cleared.send(self, count=removed, file_id=file_id)
@@ -158,6 +206,47 @@ class CacheService:
         already cached with a usable URL are counted but not signed again (nor counted as hits
         or misses). ``progress(n)`` is called after each batch of ``n`` rows.
         """
+        spec, factory, statement = self._warm_plan(file_type, limit, since, self._need_db)
+        session = factory()
+        warmed = 0
+        try:
+            result = session.execute(statement, execution_options={"yield_per": self.batch_size})
+            for rows in result.partitions():
+                warmed += self._drive(self._warm_steps(spec, rows, progress))
+        finally:
+            _release(factory, session)
+        return self._warmed(warmed, file_type)
+
+    async def awarm_file_url_cache(
+        self,
+        file_type: str | None = None,
+        *,
+        limit: int | None = 1000,
+        since: dt.datetime | dt.date | None = None,
+        progress: Progress | None = None,
+    ) -> int:
+        """:meth:`warm_file_url_cache` for async apps: rows streamed from
+        ``async_session_factory`` (``AsyncSession.stream`` with ``yield_per``, so memory stays
+        flat), Redis reached through ``urls.async_store``."""
+        spec, factory, statement = self._warm_plan(file_type, limit, since, self._need_async_db)
+        session = factory()
+        warmed = 0
+        try:
+            result = await session.stream(statement.execution_options(yield_per=self.batch_size))
+            async for rows in result.partitions():
+                warmed += await self._adrive(self._warm_steps(spec, rows, progress))
+        finally:
+            await _arelease(factory, session)
+        return self._warmed(warmed, file_type)
+
+    def _warm_plan(
+        self,
+        file_type: str | None,
+        limit: int | None,
+        since: dt.datetime | dt.date | None,
+        need_db: Callable[[str], _F],
+    ) -> tuple[URLSpec, _F, Select[Any]]:
+        """Check a warm's arguments; return the spec, the session factory and the query."""
         if limit is not None and (
             not isinstance(limit, int) or isinstance(limit, bool) or limit < 1
         ):
@@ -167,18 +256,10 @@ class CacheService:
         if since is not None and not isinstance(since, dt.date):
             raise TypeError(f"since={since!r}: expected a datetime or date")
         spec = self._target("warm the cache")
-        factory = self._need_db("warm the cache")
-        statement = self._warm_statement(spec, file_type, since, limit)
-        session = factory()
-        warmed = 0
-        try:
-            result = session.execute(statement, execution_options={"yield_per": self.batch_size})
-            for rows in result.partitions():
-                warmed += self._warm_batch(spec, rows)
-                if progress is not None:
-                    progress(len(rows))
-        finally:
-            _release(factory, session)
+        factory = need_db("warm the cache")
+        return spec, factory, self._warm_statement(spec, file_type, since, limit)
+
+    def _warmed(self, warmed: int, file_type: str | None) -> int:
         kind = f" of type {file_type}" if file_type else ""
         log.info("Warmed %d cached URL(s)%s", warmed, kind)
         signals.cache_warmed.send(self, count=warmed, file_type=file_type)
@@ -236,7 +317,17 @@ class CacheService:
             statement = statement.limit(limit)
         return statement
 
-    def _warm_batch(self, spec: URLSpec, rows: Sequence[Any]) -> int:
+    def _warm_steps(
+        self, spec: URLSpec, rows: Sequence[Any], progress: Progress | None
+    ) -> _Steps[int]:
+        """Warm one batch of rows: one ``get_many``, sign what is not usable, one ``set_many``;
+        then report the batch to ``progress``."""
+        warmed = yield from self._warm_batch(spec, rows)
+        if progress is not None:
+            progress(len(rows))
+        return warmed
+
+    def _warm_batch(self, spec: URLSpec, rows: Sequence[Any]) -> _Steps[int]:
         items: list[tuple[str, str]] = []
         for row in rows:
             *pk, object_key = row
@@ -244,9 +335,7 @@ class CacheService:
                 items.append((spec.key_for_pk(pk), object_key))
         if not items:
             return 0
-        store = self._store
-        with self._redis("warming the cache"):
-            raws = store.get_many([key for key, _ in items])
+        raws = yield ("warming the cache", "get_many", ([key for key, _ in items],))
         now = time.time()
         tag, min_validity = self._tag, self.urls.settings.min_validity
         to_sign: list[tuple[str, str]] = []
@@ -256,8 +345,7 @@ class CacheService:
                 to_sign.append(item)
         writes = self._sign(to_sign, {key: spec for key, _ in to_sign}, reason="warm")
         if writes:
-            with self._redis("warming the cache"):
-                store.set_many(writes)
+            yield ("warming the cache", "set_many", (writes,))
         return len(items) - len(to_sign) + len(writes)
 
     # -- stats ------------------------------------------------------------------------------
@@ -273,13 +361,41 @@ class CacheService:
         server's ``used_memory`` (``None`` when it does not report it, as the embedded Redis),
         ``redis_db`` the database index.
         """
-        store = self._store
-        now = int(time.time())
         with self._redis("reading statistics"):
             counters = self.urls.fleet_counters()
-            keys = store.live_count(now)
-            memory = store.memory_used()
-            where = store.describe()
+        return self._drive(self._stats_steps(counters))
+
+    async def aget_cache_stats(self) -> dict[str, Any]:
+        """:meth:`get_cache_stats` for async apps, through ``urls.async_store``."""
+        astore = self.urls.async_store
+        with _faults(astore.errors, "reading statistics"):
+            counters = await self._afleet_counters(astore)
+        return await self._adrive(self._stats_steps(counters))
+
+    async def _afleet_counters(self, astore: AsyncSharedStore) -> dict[str, int]:
+        """``urls.fleet_counters()`` read through the async store.
+
+        The sync read holds the counters' lock so that a flush (the background thread adding
+        this process's counts to the totals) never falls between reading the totals and the
+        unflushed counts; a coroutine must not hold a thread lock across an await, so this
+        reads without it and reads again when a flush overlapped (about once a second, for
+        one round trip).
+        """
+        stats = self.urls.stats
+        while True:
+            flushed = stats._flushed  # replaced, never changed in place, by every flush
+            if not stats._lock.locked():
+                totals = await astore.read_counters()
+                pending = stats.pending()
+                if stats._flushed is flushed and not stats._lock.locked():
+                    return {name: totals.get(name, 0) + pending[name] for name in COUNTERS}
+            await asyncio.sleep(0.001)
+
+    def _stats_steps(self, counters: dict[str, int]) -> _Steps[dict[str, Any]]:
+        now = int(time.time())
+        keys = int((yield ("reading statistics", "live_count", (now,))))
+        memory: int | None = yield ("reading statistics", "memory_used", ())
+        where: dict[str, object] = yield ("reading statistics", "describe", ())
         lookups = counters["hits"] + counters["misses"]
         return {
             "hits": counters["hits"],
@@ -293,7 +409,7 @@ class CacheService:
             "keys": keys,
             "memory_used_bytes": memory,
             "redis_db": where.get("redis_db", 0),
-            "key_prefix": store.prefix,
+            "key_prefix": self._store.prefix,
         }
 
     def count_keys(self) -> int:
@@ -322,12 +438,30 @@ class CacheService:
         commit, a clear) are never brought back (``SET ... XX``). Returns how many entries
         were renewed.
         """
-        if not isinstance(within, int) or isinstance(within, bool) or within < 1:
-            raise ValueError(f"within={within!r}: expected a positive whole number of seconds")
-        now = int(time.time())
+        now = _check_within(within)
         renewed = 0
         for keys in self._expiring(now, now + within):
-            renewed += self._refresh_batch(keys)
+            renewed += self._drive(self._refresh_batch(keys))
+        return self._refreshed(renewed, within)
+
+    async def arefresh_expired_urls(self, within: int = 600) -> int:
+        """:meth:`refresh_expired_urls` for async apps, through ``urls.async_store``."""
+        now = _check_within(within)
+        astore = self.urls.async_store
+        pages = astore.expiring(now, now + within, self.batch_size)
+        renewed = 0
+        try:
+            while True:
+                with _faults(astore.errors, "refreshing"):
+                    keys = await anext(pages, None)
+                if keys is None:
+                    break
+                renewed += await self._adrive(self._refresh_batch(keys))
+        finally:
+            await _aclose(pages)
+        return self._refreshed(renewed, within)
+
+    def _refreshed(self, renewed: int, within: int) -> int:
         log.info("Refreshed %d cached URL(s) expiring within %d seconds", renewed, within)
         signals.urls_refreshed.send(self, count=renewed, within=within)
         return renewed
@@ -342,11 +476,11 @@ class CacheService:
                 return
             yield keys
 
-    def _refresh_batch(self, keys: list[str]) -> int:
-        store = self._store
+    def _refresh_batch(self, keys: list[str]) -> _Steps[int]:
+        """Renew one batch of expiring keys: one ``get_many``, decide for each entry whether
+        to extend it, re-sign it or drop its index entry, then one ``renew``."""
         settings = self.urls.settings
-        with self._redis("refreshing"):
-            raws = store.get_many(keys)
+        raws = yield ("refreshing", "get_many", (keys,))
         now = int(time.time())
         # The shortest lifetime a signing now gives; extending is as good when it reaches it.
         as_good = (
@@ -378,11 +512,7 @@ class CacheService:
                 data = encode_entry(renewed, value.tag, value.object_key)
                 writes.append((key, data, stretched - now, stretched))
         writes.extend(self._sign(to_sign, self._specs_for(to_sign), reason="refresh"))
-        return self._write_renewals(writes, gone)
-
-    def _write_renewals(self, writes: list[Write], gone: list[str]) -> int:
-        with self._redis("refreshing"):
-            return self._store.renew(writes, gone)
+        return int((yield ("refreshing", "renew", (writes, gone))))
 
     # -- signing ----------------------------------------------------------------------------
 
@@ -415,14 +545,18 @@ class CacheService:
 
     # -- helpers ----------------------------------------------------------------------------
 
-    @contextmanager
-    def _redis(self, doing: str) -> Iterator[None]:
-        try:
-            yield
-        except self._store.errors as exc:
-            raise CacheError(
-                f"Redis unavailable while {doing}: {type(exc).__name__}: {_one_line(exc)}"
-            ) from exc
+    def _redis(self, doing: str) -> AbstractContextManager[None]:
+        """A context turning the store's faults into ``CacheError``."""
+        return _faults(self._store.errors, doing)
+
+    def _drive(self, steps: _Steps[_T]) -> _T:
+        """Run an operation's steps on the store."""
+        return _run(steps, self._store, self._store.errors)
+
+    async def _adrive(self, steps: _Steps[_T]) -> _T:
+        """Run an operation's steps on the async store, awaiting each call."""
+        astore = self.urls.async_store
+        return await _arun(steps, astore, astore.errors)
 
     def _spec_or_none(self) -> URLSpec | None:
         if self.model is not None:
@@ -456,6 +590,14 @@ class CacheService:
             )
         return self.session_factory
 
+    def _need_async_db(self, doing: str) -> AsyncSessionFactory:
+        if self.async_session_factory is None:
+            raise ConfigurationError(
+                f"to {doing} from a coroutine, CacheService needs async_session_factory=... "
+                "(an async_sessionmaker) to read rows from the database"
+            )
+        return self.async_session_factory
+
 
 class RedisOnlySigner(Signer):
     """Stands in for the signer where only Redis is known (``sqla-signed-urls --redis-url``).
@@ -476,6 +618,79 @@ def _release(factory: SessionFactory, session: Session) -> None:
     """Close sessions we opened; leave a ``scoped_session``'s to whoever owns its scope."""
     if not isinstance(factory, scoped_session):
         session.close()
+
+
+async def _arelease(factory: AsyncSessionFactory, session: AsyncSession) -> None:
+    """:func:`_release` for an ``AsyncSession``."""
+    from sqlalchemy.ext.asyncio import async_scoped_session
+
+    if not isinstance(factory, async_scoped_session):
+        await session.close()
+
+
+def _check_within(within: int) -> int:
+    """Refuse a bad ``within``; return now (Unix seconds)."""
+    if not isinstance(within, int) or isinstance(within, bool) or within < 1:
+        raise ValueError(f"within={within!r}: expected a positive whole number of seconds")
+    return int(time.time())
+
+
+@contextmanager
+def _faults(errors: tuple[type[BaseException], ...], doing: str) -> Iterator[None]:
+    """Turn a store's faults (``errors``) into ``CacheError``."""
+    try:
+        yield
+    except errors as exc:
+        raise CacheError(
+            f"Redis unavailable while {doing}: {type(exc).__name__}: {_one_line(exc)}"
+        ) from exc
+
+
+class _Stepper(Generic[_T]):
+    """Iterates over the store calls an operation's steps ask for; set :attr:`result` to each
+    call's result before asking for the next; :attr:`value` is the operation's result."""
+
+    def __init__(self, steps: _Steps[_T]) -> None:
+        self._steps = steps
+        self.result: Any = None
+        self.value: _T
+
+    def __iter__(self) -> Iterator[_Call]:
+        while True:
+            try:
+                call = self._steps.send(self.result)
+            except StopIteration as done:
+                self.value = done.value
+                return
+            yield call
+
+
+def _run(steps: _Steps[_T], store: SharedStore, errors: tuple[type[BaseException], ...]) -> _T:
+    """Make each call ``steps`` asks for on ``store``, sending back its result."""
+    stepper = _Stepper(steps)
+    for doing, name, args in stepper:
+        with _faults(errors, doing):
+            stepper.result = getattr(store, name)(*args)
+    return stepper.value
+
+
+async def _arun(
+    steps: _Steps[_T], store: AsyncSharedStore, errors: tuple[type[BaseException], ...]
+) -> _T:
+    """:func:`_run` on an async store: coroutine methods are awaited."""
+    stepper = _Stepper(steps)
+    for doing, name, args in stepper:
+        with _faults(errors, doing):
+            result = getattr(store, name)(*args)  # describe() is a plain method
+            stepper.result = await result if pyinspect.isawaitable(result) else result
+    return stepper.value
+
+
+async def _aclose(pages: AsyncIterator[Any]) -> None:
+    """Close an async iterator we stopped reading (an async generator's ``aclose``)."""
+    close = getattr(pages, "aclose", None)
+    if close is not None:
+        await close()
 
 
 def _one_line(exc: BaseException) -> str:

@@ -97,6 +97,8 @@ class CountingAsyncRedis(CountingRedis):
         attr = getattr(self._client, name)
         if not callable(attr) or name in self._NOT_COUNTED or name.startswith("_"):
             return attr
+        if name.endswith("_iter"):  # async generators (scan_iter): one command per page
+            return attr
 
         async def counted(*args: Any, **kwargs: Any) -> Any:
             self._count(name)
