@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any, cast
-from urllib.parse import urlsplit
+from typing import Any
 
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from ..exceptions import ConfigurationError
 from .base import AsyncSharedStore, AsyncSubscription, Write
-from .redis import _SCHEMES, _invalid, redact_url
+from .redis import _invalid, client_options, cluster_params, is_cluster_url, parse_redis_url
 
 __all__ = ["AsyncRedisStore", "async_client_from_url"]
 
@@ -37,35 +36,12 @@ def async_client_from_url(url: str, *, socket_timeout: float, setting: str = "re
     whose constructor does no I/O (it learns the slot map on first use), so it is built at
     once. Error messages never quote the URL's credentials.
     """
-    import redis
     import redis.asyncio
     from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
 
-    if not isinstance(url, str):
-        raise ConfigurationError(
-            f"{setting}: expected a redis:// URL, a redis-py client or None, "
-            f"got {type(url).__name__}"
-        )
-    try:
-        parts = urlsplit(url)
-    except ValueError as exc:
-        raise _invalid(setting, url, exc) from None
-    if parts.scheme not in _SCHEMES:
-        shown = parts.scheme + "://" if parts.scheme else redact_url(url)
-        raise ConfigurationError(
-            f"{setting}: unsupported URL scheme {shown!r}; use redis://, rediss:// or unix://"
-        )
-    options: dict[str, Any] = {
-        "socket_timeout": socket_timeout,
-        "socket_connect_timeout": socket_timeout,
-        "health_check_interval": 30,
-        "retry": Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
-        "retry_on_timeout": False,
-        "protocol": 2,
-    }
-    query = dict(part.split("=", 1) for part in parts.query.split("&") if "=" in part)
-    if query.get("cluster", "").lower() in ("1", "true", "yes"):
+    parts, query = parse_redis_url(url, setting)
+    options = client_options(socket_timeout, Retry)
+    if is_cluster_url(query):
         from redis.asyncio.cluster import RedisCluster
         from redis.asyncio.connection import SSLConnection, parse_url
 
@@ -73,17 +49,7 @@ def async_client_from_url(url: str, *, socket_timeout: float, setting: str = "re
             raise ConfigurationError(
                 f"{setting}: a Redis Cluster is reached over redis:// or rediss://, not unix://"
             )
-        rest = "&".join(f"{k}={v}" for k, v in query.items() if k != "cluster")
-        plain = parts._replace(query=rest).geturl()
-        try:
-            parsed = cast("dict[str, Any]", parse_url(plain))
-        except ValueError as exc:
-            raise _invalid(setting, url, exc) from None
-        if parsed.pop("db", 0) != 0:
-            raise ConfigurationError(
-                f"{setting}: a Redis Cluster has no db index other than 0; give each "
-                "environment its own key_prefix instead"
-            )
+        parsed, _ = cluster_params(url, parts, query, parse_url, setting)
         # What RedisCluster.from_url() does: the cluster picks its connection class itself.
         if parsed.pop("connection_class", None) is SSLConnection:
             parsed["ssl"] = True

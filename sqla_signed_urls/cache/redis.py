@@ -7,7 +7,7 @@ import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from redis.exceptions import RedisError, ResponseError
 
@@ -52,9 +52,25 @@ def client_from_url(url: str, *, socket_timeout: float, setting: str = "redis") 
     other settings. Error messages never quote the URL's credentials.
     """
     import redis
-    from redis.backoff import NoBackoff
     from redis.retry import Retry
 
+    parts, query = parse_redis_url(url, setting)
+    options = client_options(socket_timeout, Retry)
+    if is_cluster_url(query):
+        from redis.connection import parse_url
+
+        parsed, plain = cluster_params(url, parts, query, parse_url, setting)
+        options.pop("retry_on_timeout")
+        return LazyRedisCluster({**options, **parsed}, redact_url(plain))
+    try:
+        return redis.Redis.from_url(url, **options)
+    except ValueError as exc:
+        raise _invalid(setting, url, exc) from None
+
+
+def parse_redis_url(url: Any, setting: str) -> tuple[SplitResult, dict[str, str]]:
+    """Check ``url`` is a Redis URL (scheme, syntax) and split it; shared by the sync and
+    async client builders. Errors name ``setting`` and never quote credentials."""
     if not isinstance(url, str):
         raise ConfigurationError(
             f"{setting}: expected a redis:// URL, a redis-py client or None, "
@@ -69,39 +85,50 @@ def client_from_url(url: str, *, socket_timeout: float, setting: str = "redis") 
         raise ConfigurationError(
             f"{setting}: unsupported URL scheme {shown!r}; use redis://, rediss:// or unix://"
         )
-    options: dict[str, Any] = {
+    query = dict(part.split("=", 1) for part in parts.query.split("&") if "=" in part)
+    return parts, query
+
+
+def client_options(socket_timeout: float, retry_class: Any) -> dict[str, Any]:
+    """What every client built from a URL gets, sync or async."""
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    return {
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": socket_timeout,
         "health_check_interval": 30,
         # One immediate retry on a dropped connection (a restarted server); none on a timeout,
         # so a silent server costs one socket_timeout, then the circuit breaker takes over.
-        "retry": Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+        "retry": retry_class(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         "retry_on_timeout": False,
         # RESP2 unless the URL asks for ?protocol=3: redis-py's pure-Python RESP2 reader
         # parses a 100-value MGET reply measurably faster, and nothing here needs RESP3.
         "protocol": 2,
     }
-    query = dict(part.split("=", 1) for part in parts.query.split("&") if "=" in part)
-    if query.get("cluster", "").lower() in ("1", "true", "yes"):
-        from redis.connection import parse_url
 
-        rest = "&".join(f"{k}={v}" for k, v in query.items() if k != "cluster")
-        plain = parts._replace(query=rest).geturl()
-        try:
-            parsed: dict[str, Any] = parse_url(plain)  # type: ignore[no-untyped-call]
-        except ValueError as exc:
-            raise _invalid(setting, url, exc) from None
-        if parsed.pop("db", 0) != 0:
-            raise ConfigurationError(
-                f"{setting}: a Redis Cluster has no db index other than 0; give each "
-                "environment its own key_prefix instead"
-            )
-        options.pop("retry_on_timeout")
-        return LazyRedisCluster({**options, **parsed}, redact_url(plain))
+
+def is_cluster_url(query: dict[str, str]) -> bool:
+    return query.get("cluster", "").lower() in ("1", "true", "yes")
+
+
+def cluster_params(
+    url: str, parts: SplitResult, query: dict[str, str], parse_url: Any, setting: str
+) -> tuple[dict[str, Any], str]:
+    """The connection parameters of a ``?cluster=true`` URL and the URL without that flag; a
+    db index other than 0 is refused, since a cluster has only db 0."""
+    rest = "&".join(f"{k}={v}" for k, v in query.items() if k != "cluster")
+    plain = parts._replace(query=rest).geturl()
     try:
-        return redis.Redis.from_url(url, **options)
+        parsed: dict[str, Any] = parse_url(plain)
     except ValueError as exc:
         raise _invalid(setting, url, exc) from None
+    if parsed.pop("db", 0) != 0:
+        raise ConfigurationError(
+            f"{setting}: a Redis Cluster has no db index other than 0; give each "
+            "environment its own key_prefix instead"
+        )
+    return parsed, plain
 
 
 def make_client(redis: Any, *, socket_timeout: float) -> Any:
