@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
@@ -26,6 +25,7 @@ except ImportError:
     require("fastapi", "fastapi", "sqla_signed_urls.fastapi")
     raise
 
+from ._admin import MAX_BODY_BYTES, Refused, db_message, fields, parse_body, too_big
 from .exceptions import CacheError, ConfigurationError
 from .service import CacheService
 
@@ -33,26 +33,12 @@ __all__ = ["admin_router"]
 
 log = logging.getLogger("sqla_signed_urls")
 
-#: Request bodies larger than this are refused (413) without being parsed.
-MAX_BODY_BYTES = 16 * 1024
-#: Largest ``limit`` one warm request may ask for; use the command line for more.
-MAX_WARM_LIMIT = 100_000
-#: Largest ``within`` a refresh request may ask for (one week).
-MAX_WITHIN = 7 * 24 * 3600
 
 #: Every method the catch-all routes answer (404 or 405) under the prefix.
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 #: An endpoint's work: the validated body in, the JSON answer out.
 _Operation = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
-
-
-class _Refused(Exception):
-    def __init__(self, status: int, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.field = field
 
 
 def admin_router(
@@ -123,16 +109,16 @@ def admin_router(
     async def stats(body: dict[str, Any]) -> dict[str, Any]:
         return await service.aget_cache_stats()
 
-    @endpoint("POST", "/clear", {"file_id": _file_id})
+    @endpoint("POST", "/clear", fields("file_id"))
     async def clear(body: dict[str, Any]) -> dict[str, Any]:
         return {"cleared": await service.aclear_file_url_cache(body.get("file_id"))}
 
-    @endpoint("POST", "/warm", {"file_type": _file_type, "limit": _limit})
+    @endpoint("POST", "/warm", fields("file_type", "limit"))
     async def warm(body: dict[str, Any]) -> dict[str, Any]:
         limit = body.get("limit", 1000)
         return {"warmed": await service.awarm_file_url_cache(body.get("file_type"), limit=limit)}
 
-    @endpoint("POST", "/refresh", {"within": _within})
+    @endpoint("POST", "/refresh", fields("within"))
     async def refresh(body: dict[str, Any]) -> dict[str, Any]:
         return {"refreshed": await service.arefresh_expired_urls(body.get("within", 600))}
 
@@ -143,8 +129,10 @@ def admin_router(
                 path, method = request.url.path, request.method
                 if path in allowed:
                     here = allowed[path]
-                    raise _Refused(405, f"{method} is not allowed here (allowed: {here})", here)
-                raise _Refused(404, f"no admin endpoint at {path}")
+                    raise Refused(
+                        f"{method} is not allowed here (allowed: {here})", field=here, status=405
+                    )
+                raise Refused(f"no admin endpoint at {path}", status=404)
 
             return await _answer(request, expected, refuse)
 
@@ -171,7 +159,7 @@ async def _answer(
         )
     try:
         return JSONResponse(await run())
-    except _Refused as exc:
+    except Refused as exc:
         if exc.status == 405:  # the field carries the allowed method
             return _error(405, exc.message, headers={"Allow": exc.field or ""})
         return _error(exc.status, exc.message, field=exc.field)
@@ -179,7 +167,7 @@ async def _answer(
         return _error(503, str(exc))
     except DBAPIError as exc:
         log.error("cache admin: database error: %s", type(exc.orig).__name__)
-        return _error(503, f"database unavailable: {_db_message(exc)}")
+        return _error(503, f"database unavailable: {db_message(exc)}")
     except ConfigurationError as exc:
         return _error(501, str(exc))
 
@@ -195,65 +183,12 @@ def _error(
 
 async def _body(request: Request, fields: Mapping[str, Callable[[Any], Any]]) -> dict[str, Any]:
     """The JSON object in the request body (empty body: ``{}``), every field validated."""
-    too_big = _Refused(413, f"request body larger than {MAX_BODY_BYTES} bytes")
     declared = request.headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise too_big
+        raise too_big()
     raw = b""
     async for chunk in request.stream():
         raw += chunk
         if len(raw) > MAX_BODY_BYTES:
-            raise too_big
-    if not raw.strip():
-        return {}
-    try:
-        data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError):
-        raise _Refused(400, "request body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise _Refused(400, "request body must be a JSON object such as {}")
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        names = ", ".join(sorted(fields)) or "none"
-        raise _Refused(400, f"unknown field {unknown[0]!r} (allowed: {names})", str(unknown[0]))
-    return {name: fields[name](value) for name, value in data.items()}
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed")
-
-
-def _whole(field: str, value: Any, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        message = f"{field} must be a whole number from {low} to {high}, got {json.dumps(value)}"
-        raise _Refused(400, message, field)
-    return value
-
-
-def _file_id(value: Any) -> int:
-    if value is None:
-        message = "file_id must be a whole number; leave it out to clear every key"
-        raise _Refused(400, message, "file_id")
-    return _whole("file_id", value, 0, 2**63 - 1)
-
-
-def _file_type(value: Any) -> str:
-    printable = isinstance(value, str) and all(0x20 <= ord(c) != 0x7F for c in value)
-    if not printable or not 0 < len(value) <= 64:
-        message = "file_type must be a non-empty string of at most 64 printable characters"
-        raise _Refused(400, message, "file_type")
-    return str(value)
-
-
-def _limit(value: Any) -> int:
-    return _whole("limit", value, 1, MAX_WARM_LIMIT)
-
-
-def _within(value: Any) -> int:
-    return _whole("within", value, 1, MAX_WITHIN)
-
-
-def _db_message(exc: DBAPIError) -> str:
-    # str(exc) carries the SQL and its parameters; the driver's first line is enough.
-    lines = [line.strip() for line in str(exc.orig).splitlines() if line.strip()]
-    return f"{type(exc.orig).__name__}: {lines[0] if lines else 'error'}"
+            raise too_big()
+    return parse_body(raw, fields)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -27,6 +26,7 @@ except ImportError:
     require("flask", "flask", "sqla_signed_urls.flask")
     raise
 
+from ._admin import MAX_BODY_BYTES, Refused, db_message, fields, parse_body, too_big
 from .config import Settings
 from .core import SignedURLs
 from .exceptions import CacheError, ConfigurationError
@@ -39,20 +39,6 @@ log = logging.getLogger("sqla_signed_urls")
 
 #: ``app.extensions`` key the extension stores itself under.
 EXTENSION_KEY = "sqla_signed_urls"
-#: Request bodies larger than this are refused (413) without being parsed.
-MAX_BODY_BYTES = 16 * 1024
-#: Largest ``limit`` one warm request may ask for; use the command line for more.
-MAX_WARM_LIMIT = 100_000
-#: Largest ``within`` a refresh request may ask for (one week).
-MAX_WITHIN = 7 * 24 * 3600
-
-
-class _BadRequest(Exception):
-    def __init__(self, message: str, field: str | None = None, status: int = 400) -> None:
-        super().__init__(message)
-        self.message = message
-        self.field = field
-        self.status = status
 
 
 def admin_blueprint(
@@ -126,8 +112,8 @@ def admin_blueprint(
         if prefix:
             state.app.before_request(_routing_error_hook(prefix, _authenticate))
 
-    @bp.errorhandler(_BadRequest)
-    def _bad_request(exc: _BadRequest) -> Response:
+    @bp.errorhandler(Refused)
+    def _bad_request(exc: Refused) -> Response:
         return _error(exc.status, exc.message, field=exc.field)
 
     @bp.errorhandler(CacheError)
@@ -137,7 +123,7 @@ def admin_blueprint(
     @bp.errorhandler(DBAPIError)
     def _db_down(exc: DBAPIError) -> Response:
         log.error("cache admin: database error: %s", type(exc.orig).__name__)
-        return _error(503, f"database unavailable: {_db_message(exc)}")
+        return _error(503, f"database unavailable: {db_message(exc)}")
 
     @bp.errorhandler(ConfigurationError)
     def _not_configured(exc: ConfigurationError) -> Response:
@@ -149,18 +135,18 @@ def admin_blueprint(
 
     @bp.post("/clear")
     def clear() -> Response:
-        body = _body({"file_id": _file_id})
+        body = _body(fields("file_id"))
         return jsonify(cleared=service.clear_file_url_cache(body.get("file_id")))
 
     @bp.post("/warm")
     def warm() -> Response:
-        body = _body({"file_type": _file_type, "limit": _limit})
+        body = _body(fields("file_type", "limit"))
         count = service.warm_file_url_cache(body.get("file_type"), limit=body.get("limit", 1000))
         return jsonify(warmed=count)
 
     @bp.post("/refresh")
     def refresh() -> Response:
-        body = _body({"within": _within})
+        body = _body(fields("within"))
         return jsonify(refreshed=service.refresh_expired_urls(body.get("within", 600)))
 
     return bp
@@ -201,76 +187,9 @@ def _error(status: int, message: str, **extra: Any) -> Response:
 
 def _body(fields: Mapping[str, Callable[[Any], Any]]) -> dict[str, Any]:
     """The JSON object in the request body (empty body: ``{}``), every field validated."""
-    too_big = _BadRequest(f"request body larger than {MAX_BODY_BYTES} bytes", status=413)
     if (request.content_length or 0) > MAX_BODY_BYTES:
-        raise too_big
-    raw = request.get_data(cache=False)
-    if len(raw) > MAX_BODY_BYTES:
-        raise too_big
-    if not raw.strip():
-        return {}
-    try:
-        data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError):
-        raise _BadRequest("request body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise _BadRequest("request body must be a JSON object such as {}")
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        allowed = ", ".join(sorted(fields))
-        raise _BadRequest(
-            f"unknown field {unknown[0]!r} (allowed: {allowed})", field=str(unknown[0])
-        )
-    return {name: fields[name](value) for name, value in data.items()}
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed")
-
-
-def _whole(field: str, value: Any, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise _BadRequest(
-            f"{field} must be a whole number from {low} to {high}, got {json.dumps(value)}",
-            field=field,
-        )
-    return value
-
-
-def _file_id(value: Any) -> int:
-    if value is None:
-        raise _BadRequest(
-            "file_id must be a whole number; leave it out to clear every key", field="file_id"
-        )
-    return _whole("file_id", value, 0, 2**63 - 1)
-
-
-def _file_type(value: Any) -> str:
-    if (
-        not isinstance(value, str)
-        or not value
-        or len(value) > 64
-        or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value)
-    ):
-        raise _BadRequest(
-            "file_type must be a non-empty string of at most 64 printable characters",
-            field="file_type",
-        )
-    return value
-
-
-def _limit(value: Any) -> int:
-    return _whole("limit", value, 1, MAX_WARM_LIMIT)
-
-
-def _within(value: Any) -> int:
-    return _whole("within", value, 1, MAX_WITHIN)
-
-
-def _db_message(exc: DBAPIError) -> str:
-    # str(exc) carries the SQL and its parameters; the driver's first line is enough.
-    lines = [line.strip() for line in str(exc.orig).splitlines() if line.strip()]
-    return f"{type(exc.orig).__name__}: {lines[0] if lines else 'error'}"
+        raise too_big()
+    return parse_body(request.get_data(cache=False), fields)
 
 
 class FlaskSignedURLs:
