@@ -20,7 +20,16 @@ from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from ..exceptions import ConfigurationError
 from .base import AsyncSharedStore, AsyncSubscription, Write
-from .redis import _invalid, client_options, cluster_params, is_cluster_url, parse_redis_url
+from .redis import (
+    _invalid,
+    client_options,
+    cluster_params,
+    decode_counters,
+    describe_client,
+    is_cluster_url,
+    parse_redis_url,
+    used_memory,
+)
 
 __all__ = ["AsyncRedisStore", "async_client_from_url"]
 
@@ -214,28 +223,17 @@ class AsyncRedisStore(AsyncSharedStore):
         await pipe.execute()
 
     async def read_counters(self) -> dict[str, int]:
-        raw = await self.client.hgetall(self.stats_key)
-        return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
+        return decode_counters(await self.client.hgetall(self.stats_key))
 
     async def memory_used(self) -> int | None:
         try:
             info = await self.client.info("memory")
         except ResponseError:  # the in-process Redis has no INFO
             return None
-        if isinstance(info, dict) and "used_memory" in info:
-            return int(info["used_memory"])
-        if isinstance(info, dict):  # Redis Cluster: one answer per node
-            used = [v.get("used_memory") for v in info.values() if isinstance(v, dict)]
-            return sum(int(u) for u in used if u is not None) if used else None
-        return None
+        return used_memory(info)
 
     def describe(self) -> dict[str, object]:
-        pool = getattr(self.client, "connection_pool", None)
-        db = (getattr(pool, "connection_kwargs", None) or {}).get("db", 0)
-        try:
-            return {"redis_db": int(db)}
-        except (TypeError, ValueError):
-            return {"redis_db": 0}
+        return describe_client(self.client)
 
     # -- invalidation channel ---------------------------------------------------------------
 

@@ -340,28 +340,17 @@ class RedisStore(SharedStore):
         pipe.execute()
 
     def read_counters(self) -> dict[str, int]:
-        raw = self.client.hgetall(self.stats_key)
-        return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
+        return decode_counters(self.client.hgetall(self.stats_key))
 
     def memory_used(self) -> int | None:
         try:
             info = self.client.info("memory")
         except ResponseError:  # the in-process Redis has no INFO
             return None
-        if isinstance(info, dict) and "used_memory" in info:
-            return int(info["used_memory"])
-        if isinstance(info, dict):  # Redis Cluster: one answer per node
-            used = [v.get("used_memory") for v in info.values() if isinstance(v, dict)]
-            return sum(int(u) for u in used if u is not None) if used else None
-        return None
+        return used_memory(info)
 
     def describe(self) -> dict[str, object]:
-        pool = getattr(self.client, "connection_pool", None)
-        db = (getattr(pool, "connection_kwargs", None) or {}).get("db", 0)
-        try:
-            return {"redis_db": int(db)}
-        except (TypeError, ValueError):
-            return {"redis_db": 0}
+        return describe_client(self.client)
 
     # -- invalidation channel ---------------------------------------------------------------
 
@@ -370,6 +359,31 @@ class RedisStore(SharedStore):
 
     def subscribe(self) -> Subscription:
         return _RedisSubscription(self.client.pubsub(), self.channel)
+
+
+def decode_counters(raw: Mapping[Any, Any]) -> dict[str, int]:
+    """The counter hash as ``{name: total}`` (redis-py answers bytes or str keys)."""
+    return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
+
+
+def used_memory(info: Any) -> int | None:
+    """``used_memory`` from an ``INFO memory`` answer (summed over a cluster's nodes)."""
+    if isinstance(info, dict) and "used_memory" in info:
+        return int(info["used_memory"])
+    if isinstance(info, dict):  # Redis Cluster: one answer per node
+        used = [v.get("used_memory") for v in info.values() if isinstance(v, dict)]
+        return sum(int(u) for u in used if u is not None) if used else None
+    return None
+
+
+def describe_client(client: Any) -> dict[str, object]:
+    """The database index a redis-py client (sync or async) talks to, for statistics."""
+    pool = getattr(client, "connection_pool", None)
+    db = (getattr(pool, "connection_kwargs", None) or {}).get("db", 0)
+    try:
+        return {"redis_db": int(db)}
+    except (TypeError, ValueError):
+        return {"redis_db": 0}
 
 
 class _RedisSubscription(Subscription):
