@@ -559,9 +559,22 @@ class SignedURLs:
         now_i = int(_time() if now is None else now)
         return (now_i + self.settings.url_ttl) // self._window * self._window
 
+    def _signing_times(self, now_i: int) -> dict[str, int]:
+        """``sign()``'s time arguments for a URL signed at ``now_i``: the windowed expiry, and
+        for a signer that takes it the window's start as the signing time (never more than
+        ``max_url_ttl`` before the expiry), so one window's URLs are the same everywhere."""
+        expires_at = self.expires_at(now_i)
+        if not self.signer.takes_signed_at:
+            return {"expires_at": expires_at}
+        signed_at = now_i // self._window * self._window
+        limit = self.signer.max_url_ttl
+        if limit is not None and expires_at - signed_at > limit:
+            signed_at = expires_at - limit
+        return {"expires_at": expires_at, "signed_at": signed_at}
+
     def _sign_uncached(self, spec: URLSpec, obj: Any, object_key: str) -> str | None:
         try:
-            return self.signer.sign(object_key, expires_at=self.expires_at())
+            return self.signer.sign(object_key, **self._signing_times(int(_time())))
         except Exception as exc:
             self._sign_failed(spec, None, obj, exc)
             return None
@@ -583,7 +596,8 @@ class SignedURLs:
         signs through it too (``spec`` is ``None`` for a key of no installed class).
         """
         now_i = int(_time())
-        expires_at = self.expires_at(now_i)
+        times = self._signing_times(now_i)
+        expires_at = times["expires_at"]
         base_ttl = expires_at - self._min_validity - now_i
         out: dict[str, str | None] = {}
         done: list[str] = []
@@ -593,7 +607,7 @@ class SignedURLs:
             if info:
                 log.info("Generating new signed URL for file %s (%s)", _ident(key, spec), reason)
             try:
-                url = self.signer.sign(object_key, expires_at=expires_at)
+                url = self.signer.sign(object_key, **times)
             except Exception as exc:
                 self._sign_failed(spec, key, None, exc)
                 out[key] = None

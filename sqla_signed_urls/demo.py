@@ -107,14 +107,15 @@ class _CountingSigner(Signer):
         self.name = inner.name
         self.max_url_ttl = inner.max_url_ttl
         self.stable = inner.stable
+        self.takes_signed_at = inner.takes_signed_at
         self.calls = 0
 
     def __repr__(self) -> str:
         return repr(self.inner)
 
-    def sign(self, object_key: str, *, expires_at: int) -> str:
+    def sign(self, object_key: str, *, expires_at: int, **times: int) -> str:
         self.calls += 1
-        return self.inner.sign(object_key, expires_at=expires_at)
+        return self.inner.sign(object_key, expires_at=expires_at, **times)
 
 
 class _RequestCounter(CountingRedis):

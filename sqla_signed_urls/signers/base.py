@@ -61,12 +61,17 @@ class Signer(abc.ABC):
     #: Schemes that embed the signing time (OSS V4) are not stable: processes then share URLs
     #: only through the Redis cache.
     stable: bool = True
+    #: True when :meth:`sign` also takes ``signed_at``, the signing time to write into the URL
+    #: (V4 schemes). ``SignedURLs`` then passes the start of the current expiry window
+    #: (``url_window``), so every process signing one key within one window makes the same URL.
+    takes_signed_at: bool = False
 
     @abc.abstractmethod
     def sign(self, object_key: str, *, expires_at: int) -> str:
         """Return a URL for ``object_key`` valid until ``expires_at`` (Unix seconds).
 
         Raise :class:`~sqla_signed_urls.exceptions.SigningError` when the key cannot be signed.
+        A signer with :attr:`takes_signed_at` accepts ``signed_at: int | None = None`` too.
         """
 
     def url_prefix(self, object_key: str) -> str | None:
