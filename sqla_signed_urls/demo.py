@@ -31,7 +31,6 @@ import random
 import secrets
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -116,19 +115,6 @@ class _CountingSigner(Signer):
     def sign(self, object_key: str, *, expires_at: int, **times: int) -> str:
         self.calls += 1
         return self.inner.sign(object_key, expires_at=expires_at, **times)
-
-
-class _RequestCounter(CountingRedis):
-    """Counts only the round trips of the thread that plays the traffic (not the background
-    thread that flushes counters and listens for invalidations)."""
-
-    def __init__(self, client: Any) -> None:
-        super().__init__(client)
-        self._thread = threading.get_ident()
-
-    def _count(self, name: str) -> None:
-        if threading.get_ident() == self._thread:
-            super()._count(name)
 
 
 @dataclass
@@ -353,7 +339,7 @@ def run_demo(
     signer, signer_text = _make_signer()
     counting_signer = _CountingSigner(signer)
     raw, redis_text, shared = _make_redis(redis_url)
-    counter = _RequestCounter(raw)
+    counter = CountingRedis(raw, this_thread_only=True)
     prefix = f"sqla-signed-urls-demo:{secrets.token_hex(4)}:file_url:" if shared else "file_url:"
     urls = SignedURLs(counting_signer, redis=counter, key_prefix=prefix)
     urls.install(_Base)

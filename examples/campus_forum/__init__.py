@@ -1,17 +1,30 @@
-"""The Campus Forum example: a Flask app whose file URLs are signed and cached by
-sqla_signed_urls.
+"""The Campus Forum example: a forum whose file URLs are signed and cached by sqla_signed_urls,
+as a Flask app (``app.py``) and as a FastAPI app on ``AsyncSession`` (``asgi.py``).
 
-Run it on embedded defaults (SQLite in ``instance/``, an in-process Redis, ``LocalSigner``)::
+Run either on embedded defaults (SQLite in ``instance/``, an in-process Redis, ``LocalSigner``)::
 
     flask --app examples.campus_forum run
+    uvicorn --factory examples.campus_forum.asgi:create_app
 
-It fills an empty database with demo data on first start. ``DATABASE_URL``, ``REDIS_URL``,
-``ADMIN_TOKEN`` and the ``OSS_*`` variables switch it to real servers; see
+They fill an empty database with demo data on first start. ``DATABASE_URL``, ``REDIS_URL``,
+``ADMIN_TOKEN`` and the ``OSS_*`` variables switch them to real servers; see
 ``docs/example-and-migrations.md``.
 """
 
 from __future__ import annotations
 
-from .app import Forum, create_app
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .app import Forum, create_app
 
 __all__ = ["Forum", "create_app"]
+
+
+def __getattr__(name: str) -> Any:
+    # The Flask app is imported on first use, so the FastAPI app runs without Flask.
+    if name in __all__:
+        from . import app
+
+        return getattr(app, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,12 +16,20 @@ _NOT_ROUND_TRIPS = frozenset({"pipeline", "pubsub", "connection_pool", "get_conn
 class CountingRedis:
     """Wraps a redis-py client and counts round trips: one per command, one per pipeline.
 
-    ``commands`` counts by command name (``"GET"``, ``"MGET"``, ``"PIPELINE"``, ...).
+    ``commands`` counts by command name (``"GET"``, ``"MGET"``, ``"PIPELINE"``, ...). With
+    ``this_thread_only=True`` only the calls of the thread that built the wrapper count (the
+    requests of a test client or an event loop, not the cache's background thread)::
+
+        counting = CountingRedis(redis.Redis(), this_thread_only=True)
+        urls = SignedURLs(signer, redis=counting)
+        urls.resolve(files)
+        assert counting.commands == {"MGET": 1, "PIPELINE": 1}
     """
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, *, this_thread_only: bool = False) -> None:
         self._client = client
         self._lock = threading.Lock()
+        self._thread = threading.get_ident() if this_thread_only else None
         self.commands: Counter[str] = Counter()
 
     @property
@@ -33,6 +41,8 @@ class CountingRedis:
             self.commands.clear()
 
     def _count(self, name: str) -> None:
+        if self._thread is not None and threading.get_ident() != self._thread:
+            return
         with self._lock:
             self.commands[name.upper()] += 1
 

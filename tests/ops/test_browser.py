@@ -1,4 +1,5 @@
-"""A real browser: headless Chromium (Selenium) against the campus-forum example on 127.0.0.1.
+"""A real browser: headless Chromium (Selenium) against the Campus Forum example on 127.0.0.1,
+both the Flask app and the async (FastAPI) one.
 
 Shows what the other tests infer from counts: images load through the signed URLs, a second
 page view fetches none of them again (the URLs are identical, so the browser cache answers),
@@ -20,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flask import Flask
 from sqlalchemy import Engine, create_engine
 from werkzeug.serving import WSGIRequestHandler, make_server
 
@@ -123,10 +123,30 @@ class QuietRequestHandler(WSGIRequestHandler):
         pass
 
 
+class ASGIFileHits(FileHits):
+    """:class:`FileHits` for an ASGI app."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:  # type: ignore[override]
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if not path.startswith("/files/"):
+            await self.app(scope, receive, send)
+            return
+        url = scope.get("raw_path", b"").decode("latin-1")
+        if scope.get("query_string"):
+            url += "?" + scope["query_string"].decode("latin-1")
+
+        async def recording_send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                with self.lock:
+                    self.requests.append((url, message["status"]))
+            await send(message)
+
+        await self.app(scope, receive, recording_send)
+
+
 @dataclass
 class LiveServer:
     base: str
-    app: Flask
     hits: FileHits
 
 
@@ -141,15 +161,19 @@ def forum_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Eng
     engine.dispose()
 
 
-@pytest.fixture
-def live_server(
-    forum_engine: Engine, tmp_path: Path, redis_client: Any, key_prefix: str
-) -> Iterator[LiveServer]:
+@pytest.fixture(params=["flask", "fastapi"])
+def live_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LiveServer]:
+    """The Flask forum (werkzeug) or the async forum (uvicorn) on 127.0.0.1, in a thread."""
+    serve = _flask_server if request.param == "flask" else _asgi_server
+    yield from serve(request, tmp_path)
+
+
+def _flask_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LiveServer]:
     app = create_app(
         {
-            "ENGINE": forum_engine,
-            "REDIS_CLIENT": redis_client,
-            "FILE_URL_CACHE_KEY_PREFIX": key_prefix,
+            "ENGINE": request.getfixturevalue("forum_engine"),
+            "REDIS_CLIENT": request.getfixturevalue("redis_client"),
+            "FILE_URL_CACHE_KEY_PREFIX": request.getfixturevalue("key_prefix"),
             "FILES_SECRET": "browser-test-secret-0123456789abcdef",
             "UPLOAD_DIR": str(tmp_path / "uploads"),
             "INSTANCE_PATH": str(tmp_path / "instance"),
@@ -164,12 +188,53 @@ def live_server(
     thread = threading.Thread(target=server.serve_forever, name="live-server", daemon=True)
     thread.start()
     try:
-        yield LiveServer(f"http://127.0.0.1:{server.server_port}", app, hits)
+        yield LiveServer(f"http://127.0.0.1:{server.server_port}", hits)
     finally:
         server.shutdown()
         server.server_close()
         thread.join()
         Forum.of(app).close()
+
+
+def _asgi_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LiveServer]:
+    import uvicorn
+
+    from examples.campus_forum.asgi import create_app as create_asgi_app
+
+    from ..helpers.clients import REDIS_URL
+    from ..helpers.forum import forum_config, forum_database
+
+    prefix = request.getfixturevalue("key_prefix")
+    with forum_database(tmp_path) as database:
+        redis = {"REDIS_URL": REDIS_URL, "FILE_URL_CACHE_KEY_PREFIX": prefix} if REDIS_URL else {}
+        app = create_asgi_app(forum_config(tmp_path, database, **redis))
+        hits = ASGIFileHits(app)
+        # No access log: its lines hold signed URLs (redacted, but the test needs none).
+        config = uvicorn.Config(
+            hits, host="127.0.0.1", port=0, access_log=False, log_level="warning"
+        )
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, name="live-server", daemon=True)
+        thread.start()
+        for _ in range(600):  # the app migrates and loads demo data before it listens
+            if server.started or not thread.is_alive():
+                break
+            thread.join(0.1)
+        try:
+            assert server.started, "uvicorn did not start"
+            port = server.servers[0].sockets[0].getsockname()[1]
+            yield LiveServer(f"http://127.0.0.1:{port}", hits)
+        finally:
+            server.should_exit = True
+            thread.join()
+            if REDIS_URL:
+                import redis as redis_py
+
+                client = redis_py.Redis.from_url(REDIS_URL)
+                keys = list(client.scan_iter(match=prefix + "*"))
+                if keys:
+                    client.unlink(*keys)
+                client.close()
 
 
 @pytest.fixture

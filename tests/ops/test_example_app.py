@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 import time
 from collections.abc import Iterator
 from html.parser import HTMLParser
@@ -28,30 +27,7 @@ from sqla_signed_urls import signals
 from sqla_signed_urls.signers import LocalSigner
 from sqla_signed_urls.testing import CountingRedis
 
-SECRET = "test-files-secret-0123456789abcdef"
-#: Settings from the environment that would change what these tests run against.
-ISOLATE = {
-    "ADMIN_TOKEN": None,
-    "OSS_ACCESS_KEY_ID": None,
-    "OSS_ACCESS_KEY_SECRET": None,
-    "OSS_ENDPOINT": None,
-    "OSS_BUCKET": None,
-    "OSS_REGION": None,
-    "OSS_SESSION_TOKEN": None,
-}
-
-
-class RequestThreadRedis(CountingRedis):
-    """Counts round trips made by the test's own thread (where the test client runs requests),
-    not those of the cache's background thread (counter flushes, invalidation listener)."""
-
-    def __init__(self, client: Any) -> None:
-        super().__init__(client)
-        self._thread = threading.get_ident()
-
-    def _count(self, name: str) -> None:
-        if threading.get_ident() == self._thread:
-            super()._count(name)
+from ..helpers.forum import ISOLATE, SECRET
 
 
 class Page(HTMLParser):
@@ -72,13 +48,15 @@ class Page(HTMLParser):
 
 
 @pytest.fixture
-def counting(redis_client: Any) -> RequestThreadRedis:
-    return RequestThreadRedis(redis_client)
+def counting(redis_client: Any) -> CountingRedis:
+    """Counts the round trips of the test's own thread, where the test client runs requests
+    (not the cache's background thread)."""
+    return CountingRedis(redis_client, this_thread_only=True)
 
 
 @pytest.fixture
 def app(
-    engine: Engine, tmp_path: Path, counting: RequestThreadRedis, key_prefix: str
+    engine: Engine, tmp_path: Path, counting: CountingRedis, key_prefix: str
 ) -> Iterator[Flask]:
     app = create_app(
         {
@@ -247,7 +225,7 @@ def test_replacing_without_an_upload_draws_a_new_avatar(app: Flask, client: Flas
 
 
 def test_a_page_resolves_all_its_urls_in_one_redis_round_trip(
-    app: Flask, client: FlaskClient, counting: RequestThreadRedis
+    app: Flask, client: FlaskClient, counting: CountingRedis
 ) -> None:
     counting.reset()
     cold = get_page(client, "/")

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import fakeredis
 import pytest
 from sqlalchemy import DateTime, Engine, String, create_engine, event, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
@@ -33,6 +32,7 @@ from sqla_signed_urls.cache.base import decode_entry
 from sqla_signed_urls.testing import CountingAsyncRedis, CountingRedis, FakeSigner
 
 from ..conftest import DATABASE_URL, REDIS_URL, RUN_ID
+from ..helpers.clients import client_pair, close_pair
 from ..helpers.entries import fields, put_entry, raw_key
 from .conftest import Signals
 
@@ -138,16 +138,7 @@ def _engines(tmp_path: Path) -> tuple[Engine, AsyncEngine, str | None]:
 async def world(tmp_path: Path, **options: Any) -> AsyncIterator[World]:
     """Everything a test needs, built inside the test's own event loop and closed in it."""
     prefix = f"t{RUN_ID}:asvc:file_url:" if REDIS_URL else "file_url:"
-    if REDIS_URL:
-        import redis
-        import redis.asyncio
-
-        sync = CountingRedis(redis.Redis.from_url(REDIS_URL))
-        aio: CountingAsyncRedis = CountingScanAsyncRedis(redis.asyncio.Redis.from_url(REDIS_URL))
-    else:
-        server = fakeredis.FakeServer()
-        sync = CountingRedis(fakeredis.FakeRedis(server=server))
-        aio = CountingScanAsyncRedis(fakeredis.FakeAsyncRedis(server=server))
+    sync, aio = client_pair(async_wrapper=CountingScanAsyncRedis)
     engine, aengine, schema = _engines(tmp_path)
     if schema is not None:
         with engine.begin() as conn:
@@ -178,10 +169,7 @@ async def world(tmp_path: Path, **options: Any) -> AsyncIterator[World]:
             with engine.begin() as conn:
                 conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         engine.dispose()
-        if REDIS_URL:
-            w.wipe()
-        sync._client.close()
-        await aio._client.aclose()
+        await close_pair(sync, aio, prefix)
 
 
 def run(tmp_path: Path, body: Callable[[World], Awaitable[None]], **options: Any) -> None:

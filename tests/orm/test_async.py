@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import fakeredis
 import pytest
 from sqlalchemy import String, delete, select, text, update
 from sqlalchemy.ext.asyncio import (
@@ -30,6 +29,7 @@ from sqla_signed_urls.cache.base import decode_entry
 from sqla_signed_urls.testing import CountingAsyncRedis, CountingRedis, FakeSigner
 
 from ..conftest import DATABASE_URL, REDIS_URL, RUN_ID
+from ..helpers.clients import client_pair, close_pair
 
 
 class ABase(AsyncAttrs, DeclarativeBase):
@@ -89,16 +89,7 @@ def _database_url(tmp_path: Path) -> tuple[str, dict[str, Any]]:
 async def world(tmp_path: Path, **options: Any) -> AsyncIterator[World]:
     """Everything a test needs, built inside the test's own event loop."""
     prefix = f"t{RUN_ID}:async:file_url:" if REDIS_URL else "file_url:"
-    if REDIS_URL:
-        import redis
-        import redis.asyncio
-
-        sync = CountingRedis(redis.Redis.from_url(REDIS_URL))
-        aio = CountingAsyncRedis(redis.asyncio.Redis.from_url(REDIS_URL))
-    else:
-        server = fakeredis.FakeServer()
-        sync = CountingRedis(fakeredis.FakeRedis(server=server))
-        aio = CountingAsyncRedis(fakeredis.FakeAsyncRedis(server=server))
+    sync, aio = client_pair()
     url, connect_args = _database_url(tmp_path)
     engine = create_async_engine(url, connect_args=connect_args)
     schema = f"t_async_{RUN_ID}"
@@ -123,12 +114,7 @@ async def world(tmp_path: Path, **options: Any) -> AsyncIterator[World]:
             if DATABASE_URL:
                 await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         await engine.dispose()
-        if REDIS_URL:
-            keys = [k async for k in aio._client.scan_iter(match=prefix + "*")]
-            if keys:
-                await aio._client.unlink(*keys)
-            sync._client.close()
-        await aio._client.aclose()
+        await close_pair(sync, aio, prefix)
 
 
 def run(tmp_path: Path, body: Callable[[World], Awaitable[None]], **options: Any) -> None:

@@ -1,0 +1,333 @@
+"""The Campus Forum on FastAPI and ``AsyncSession``: the pages of the Flask app, served by an
+async app, with the URLs of every page read in one ``await urls.aresolve(...)``.
+
+Run it on embedded defaults (SQLite through aiosqlite in ``instance/``, an in-process Redis,
+``LocalSigner``)::
+
+    uvicorn --factory examples.campus_forum.asgi:create_app
+
+``DATABASE_URL`` (``postgresql://...`` runs on asyncpg), ``REDIS_URL``, ``ADMIN_TOKEN`` (mounts
+the admin API) and the ``OSS_*`` variables switch it to real servers, as for the Flask app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote, urlencode
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, UploadFile
+from fastapi import File as FormFile
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from starlette.routing import NoMatchFound
+
+from sqla_signed_urls import SignedURLs
+from sqla_signed_urls.fastapi import admin_router
+from sqla_signed_urls.service import CacheService
+from sqla_signed_urls.signers import LocalSigner, Signer
+
+from . import common
+from .common import REPO_ROOT, Refused
+from .demo_data import load_demo_data
+from .models import Base, File
+from .storage import Storage
+
+__all__ = ["AsyncForum", "async_database_url", "create_app"]
+
+log = logging.getLogger("examples.campus_forum")
+
+TEMPLATES = Path(__file__).parent / "templates"
+#: The async driver used for a database URL that names a sync one (or none).
+ASYNC_DRIVERS = {
+    "postgresql": "postgresql+asyncpg",
+    "postgresql+psycopg": "postgresql+asyncpg",
+    "postgresql+psycopg2": "postgresql+asyncpg",
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+pysqlite": "sqlite+aiosqlite",
+}
+
+
+class AsyncForum:
+    """Everything the async app shares between requests, kept in ``app.state.forum``::
+
+    forum = AsyncForum.of(app)
+    async with forum.Session() as session:
+        files = (await session.scalars(select(File))).all()
+        urls = await forum.urls.aresolve(files)
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        urls: SignedURLs,
+        signer: Signer,
+        storage: Storage,
+        *,
+        own_engine: bool,
+        posts_per_page: int = 10,
+        max_upload: int = 2 * 1024 * 1024,
+    ) -> None:
+        self.engine = engine
+        self.Session = async_sessionmaker(engine, expire_on_commit=False)
+        self.urls = urls
+        self.signer = signer
+        self.storage = storage
+        self.posts_per_page = posts_per_page
+        self.max_upload = max_upload
+        self.templates: Jinja2Templates
+        self._own_engine = own_engine
+
+    @staticmethod
+    def of(app: FastAPI) -> AsyncForum:
+        forum: AsyncForum = app.state.forum
+        return forum
+
+    async def resolve(self, files: list[File]) -> dict[int, str | None]:
+        """Signed URLs for every file on a page, in one batch: ``{file.id: url}``.
+
+        Afterwards each ``file.url`` the templates read is an in-process hit.
+        """
+        return common.url_map(files, await self.urls.aresolve(files))
+
+    async def aclose(self) -> None:
+        """Undo ``install()``, close the cache's clients and threads, release the database."""
+        self.urls.uninstall()
+        await self.urls.aclose()
+        if self._own_engine:
+            await self.engine.dispose()
+
+
+def async_database_url(url: str) -> str:
+    """``url`` with an async driver: ``postgresql://`` and ``postgresql+psycopg://`` become
+    ``postgresql+asyncpg://``, ``sqlite://`` becomes ``sqlite+aiosqlite://``; a URL that
+    already names an async driver is kept."""
+    parsed = make_url(url)
+    driver = ASYNC_DRIVERS.get(parsed.drivername)
+    return parsed.set(drivername=driver).render_as_string(False) if driver else url
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> FastAPI:
+    """Build the async forum. With no configuration it runs on embedded defaults: SQLite in
+    ``instance/`` (the Flask app's database), an in-process Redis, ``LocalSigner`` with files
+    under ``instance/uploads``.
+
+    Environment: as :func:`examples.campus_forum.create_app`. ``config`` overrides it; tests
+    also pass ``ENGINE`` (an ``AsyncEngine``) or ``ENGINE_OPTIONS`` (for
+    ``create_async_engine``), and ``REDIS_CLIENT`` / ``ASYNC_REDIS_CLIENT`` (redis-py
+    clients). The database is migrated and, when empty, filled with demo data when the app
+    starts (its lifespan).
+    """
+    settings: dict[str, Any] = {
+        "LOAD_DEMO_DATA": True,
+        "AUTO_MIGRATE": True,
+        "POSTS_PER_PAGE": 10,
+        "MAX_CONTENT_LENGTH": 2 * 1024 * 1024,
+        "UPLOAD_DIR": None,
+        "ENGINE": None,
+        "ENGINE_OPTIONS": {},
+        "REDIS_CLIENT": None,
+        "ASYNC_REDIS_CLIENT": None,
+        "INSTANCE_PATH": None,
+        **common.env_config(),
+        **(config or {}),
+    }
+    instance_path = Path(settings["INSTANCE_PATH"] or REPO_ROOT / "instance")
+    engine, own_engine = settings["ENGINE"], False
+    if engine is None:
+        url = settings["DATABASE_URL"]
+        if not url:
+            instance_path.mkdir(parents=True, exist_ok=True)
+            url = f"sqlite:///{instance_path / 'campus_forum.db'}"
+        engine = create_async_engine(async_database_url(url), **settings["ENGINE_OPTIONS"])
+        own_engine = True
+    signer, storage = common.signer_and_storage(settings, instance_path)
+    cache, redis_url = common.cache_settings(settings)
+    urls = SignedURLs(
+        signer,
+        settings=cache,
+        redis=settings["REDIS_CLIENT"] or redis_url,
+        async_redis=settings["ASYNC_REDIS_CLIENT"],
+    )
+    urls.install(Base)
+    forum = AsyncForum(
+        engine,
+        urls,
+        signer,
+        storage,
+        own_engine=own_engine,
+        posts_per_page=settings["POSTS_PER_PAGE"],
+        max_upload=settings["MAX_CONTENT_LENGTH"],
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            await _prepare(forum, migrate=settings["AUTO_MIGRATE"], demo=settings["LOAD_DEMO_DATA"])
+            yield
+        finally:
+            await forum.aclose()
+
+    app = FastAPI(title="Campus Forum", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.forum = forum
+    forum.templates = _templates(app)
+    app.include_router(pages)
+    if isinstance(signer, LocalSigner):
+        app.add_api_route("/files/{key:path}", serve_file, methods=["GET"], name="files")
+    if settings["ADMIN_TOKEN"]:
+        service = CacheService(urls, async_session_factory=forum.Session, model=File)
+        app.include_router(admin_router(service, token=settings["ADMIN_TOKEN"]))
+    common.redact_access_logs()
+    return app
+
+
+async def _prepare(forum: AsyncForum, *, migrate: bool, demo: bool) -> None:
+    if migrate:
+        async with forum.engine.begin() as connection:
+            await connection.run_sync(common.upgrade_schema)
+    if demo:
+        async with forum.Session() as session:
+            if not await session.scalar(common.count_users()):
+                await session.run_sync(load_demo_data, forum.storage)
+                log.info("filled the empty forum with demo data")
+
+
+# -- templates -------------------------------------------------------------------------------
+
+
+def _templates(app: FastAPI) -> Jinja2Templates:
+    """The Flask app's templates, with a ``url_for`` like Flask's: path parameters fill the
+    route, the rest become the query string (``url_for('forum.index', page=2)`` is
+    ``/?page=2``)."""
+    templates = Jinja2Templates(directory=TEMPLATES)
+
+    def url_for(name: str, **values: Any) -> str:
+        names = list(values)
+        for size in range(len(names), -1, -1):  # the most values the route takes as its path
+            for path_names in itertools.combinations(names, size):
+                try:
+                    path = app.url_path_for(name, **{k: values[k] for k in path_names})
+                except NoMatchFound:
+                    continue
+                query = {k: v for k, v in values.items() if k not in path_names}
+                return f"{path}?{urlencode(query)}" if query else str(path)
+        raise NoMatchFound(name, values)
+
+    templates.env.globals["url_for"] = url_for
+    return templates
+
+
+def render(request: Request, template: str, **context: Any) -> HTMLResponse:
+    return AsyncForum.of(request.app).templates.TemplateResponse(request, template, context)
+
+
+# -- pages -----------------------------------------------------------------------------------
+
+
+async def db(request: Request) -> AsyncIterator[AsyncSession]:
+    """This request's session."""
+    async with AsyncForum.of(request.app).Session() as session:
+        yield session
+
+
+DB = Annotated[AsyncSession, Depends(db)]
+pages = APIRouter()
+
+
+@pages.get("/", name="forum.index", response_class=HTMLResponse)
+async def index(request: Request, session: DB, page: str = "1") -> HTMLResponse:
+    forum = AsyncForum.of(request.app)
+    number = max(1, int(page)) if page.isdigit() else 1
+    total = await session.scalar(common.count_posts()) or 0
+    posts = (await session.scalars(common.index_statement(number, forum.posts_per_page))).all()
+    url_of = await forum.resolve(common.page_files(posts, avatars_of=[p.author for p in posts]))
+    return render(
+        request,
+        "index.html",
+        posts=posts,
+        url_of=url_of,
+        page=number,
+        pages=max(1, -(-total // forum.posts_per_page)),
+    )
+
+
+@pages.get("/posts/{post_id}", name="forum.post", response_class=HTMLResponse)
+async def post(request: Request, session: DB, post_id: int) -> HTMLResponse:
+    found = await session.scalar(common.post_statement(post_id))
+    if found is None:
+        raise HTTPException(404)
+    # The template reads file.url: after this one batch, each read is an in-process hit.
+    await AsyncForum.of(request.app).resolve(common.page_files([found], [found.author]))
+    return render(request, "post.html", post=found)
+
+
+@pages.get("/users/{user_id}", name="forum.user", response_class=HTMLResponse)
+async def user(request: Request, session: DB, user_id: int) -> HTMLResponse:
+    found = await session.scalar(common.user_statement(user_id))
+    if found is None:
+        raise HTTPException(404)
+    posts = (await session.scalars(common.user_posts_statement(user_id))).all()
+    url_of = await AsyncForum.of(request.app).resolve(common.page_files(posts, [found]))
+    return render(request, "user.html", user=found, posts=posts, url_of=url_of)
+
+
+@pages.post("/users/{user_id}/avatar", name="forum.replace_avatar")
+async def replace_avatar(
+    request: Request,
+    session: DB,
+    user_id: int,
+    avatar: Annotated[UploadFile | None, FormFile()] = None,
+) -> RedirectResponse:
+    """Replace a user's avatar with an uploaded image (or a freshly drawn identicon).
+
+    When ``await session.commit()`` returns, ``file_url:<id>`` of the avatar is gone from
+    Redis (deleted through the async client) and every page shows the new image under a new
+    signed URL. This demo has no accounts: anyone may change any avatar.
+    """
+    forum = AsyncForum.of(request.app)
+    found = await session.scalar(common.user_statement(user_id))
+    if found is None:
+        raise HTTPException(404)
+    upload = await avatar.read(forum.max_upload + 1) if avatar and avatar.filename else None
+    if upload is not None and len(upload) > forum.max_upload:
+        raise HTTPException(413, f"the image is larger than {forum.max_upload} bytes")
+    try:
+        image = await asyncio.to_thread(common.new_avatar, found.id, upload, forum.storage)
+    except Refused as refused:
+        raise HTTPException(refused.status, refused.reason) from None
+    added, old_key = image.apply(found)
+    if added is not None:
+        session.add(added)
+    await session.commit()
+    if old_key:
+        await asyncio.to_thread(forum.storage.delete, old_key)
+    return RedirectResponse(request.app.url_path_for("forum.user", user_id=found.id), 303)
+
+
+async def serve_file(request: Request, key: str) -> Response:
+    """Serve a stored object behind a ``LocalSigner`` URL: 403 unless the signature checks out."""
+    forum = AsyncForum.of(request.app)
+    assert isinstance(forum.signer, LocalSigner)
+    signed = quote(request.scope["path"], safe="/")
+    query = request.scope.get("query_string", b"")
+    if query:
+        signed += "?" + query.decode("latin-1")
+    try:
+        reply = await asyncio.to_thread(
+            common.check_file_request, forum.signer, forum.storage, signed
+        )
+    except Refused as refused:
+        raise HTTPException(refused.status) from None
+    return Response(reply.data, headers=reply.headers)
