@@ -37,7 +37,7 @@ from .cache.redis import RedisStore, make_client
 from .config import Settings
 from .counters import COUNTERS, Stats
 from .exceptions import ConfigurationError, SigningError
-from .orm import Installation
+from .orm import Installation, PrefetchURLs
 from .signers.base import Signer
 
 if TYPE_CHECKING:
@@ -56,6 +56,8 @@ _Write = tuple[str, bytes, int, int, str]
 #: Cache writes a coroutine's plain ``obj.url`` may leave scheduled on the loop at once; past it
 #: a write is dropped (and counted), never awaited by the reader.
 MAX_SCHEDULED_WRITES = 1000
+#: How many loaded instances one prefetch round trip covers at most.
+PREFETCH_BATCH_SIZE = 1000
 #: The event loop running in this thread, or ``None`` (a C call: cheap on every L1 miss).
 _running_loop = asyncio._get_running_loop
 _in_greenlet = _concurrency.in_greenlet
@@ -232,7 +234,11 @@ class SignedURLs:
         self._scheduled: list[_Write] = []
         self._flusher: asyncio.Task[None] | None = None
         self._installation = Installation(
-            key_prefix=s.key_prefix, read=self._url, invalidate=self.invalidate_keys, owner=self
+            key_prefix=s.key_prefix,
+            read=self._url,
+            invalidate=self.invalidate_keys,
+            owner=self,
+            prefetch=self._prefetch_loaded,
         )
         _instances.add(self)
 
@@ -255,13 +261,65 @@ class SignedURLs:
 
     # -- installing -------------------------------------------------------------------------
 
-    def install(self, target: type[Any] | registry) -> None:
+    def install(
+        self, target: type[Any] | registry, *, prefetch: bool | PrefetchURLs = False
+    ) -> None:
         """Give every ``ObjectKey`` column of ``target`` its URL attribute and watch commits.
 
         ``target`` is a declarative base, a ``registry`` or one mapped class; classes mapped
         later are covered too. Installing one target twice raises ``ConfigurationError``.
+
+        ``prefetch=True`` applies :meth:`prefetch` to every ORM ``SELECT`` of every session
+        (or pass the option to apply, ``prefetch=urls.prefetch("url", "thumb_url")``);
+        ``execution_options(prefetch_urls=False)`` turns it off for one statement.
         """
+        if prefetch is not False and not isinstance(prefetch, (bool, PrefetchURLs)):
+            raise ConfigurationError(
+                f"install(prefetch={prefetch!r}): expected True, False or urls.prefetch(...)"
+            )
+        if isinstance(prefetch, PrefetchURLs) and prefetch.owner is not self:
+            raise ConfigurationError(
+                "install(prefetch=...): the option was made by another SignedURLs"
+            )
         self._installation.add(target)
+        if prefetch is True:
+            self._installation.prefetch_all = self.prefetch()
+        elif isinstance(prefetch, PrefetchURLs):
+            self._installation.prefetch_all = prefetch
+
+    def prefetch(self, *attrs: str, batch_size: int = PREFETCH_BATCH_SIZE) -> PrefetchURLs:
+        """A loader option: right after the statement runs, the URLs of every instance of an
+        installed class it loaded (its entities and what ``selectinload``, ``joinedload`` and
+        ``subqueryload`` chains loaded) are read in ONE round trip (``MGET``, and at most one
+        pipelined write for what had to be signed), so every ``.url`` on the page is then an
+        in-process hit::
+
+            stmt = select(Post).options(
+                selectinload(Post.author).selectinload(User.avatar),
+                selectinload(Post.images),
+                urls.prefetch(),              # or urls.prefetch("url", "thumb_url")
+            )
+            posts = session.scalars(stmt).all()
+
+        ``attrs`` names the URL attributes to read (default ``"url"``). A statement loading
+        more than ``batch_size`` instances reads them in batches of that size; a streamed
+        result (``yield_per``, ``session.stream``) reads each partition as it arrives. Lazy
+        loads made later are not prefetched. Works the same with ``AsyncSession`` (the read
+        is awaited on the ``redis.asyncio`` client). A failing read never fails the query:
+        the attributes then read their URLs one by one, as without the option.
+        """
+        names = attrs or ("url",)
+        for name in names:
+            if not isinstance(name, str) or not name.isidentifier():
+                raise ConfigurationError(
+                    f"prefetch({name!r}): expected the name of a signed-URL attribute such as 'url'"
+                )
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigurationError(
+                f"prefetch(batch_size={batch_size!r}): expected a positive int (default "
+                f"{PREFETCH_BATCH_SIZE})"
+            )
+        return PrefetchURLs(self, names, batch_size)
 
     def uninstall(self, target: type[Any] | registry | None = None) -> None:
         """Undo :meth:`install` for ``target`` (every target when ``None``)."""
@@ -458,7 +516,7 @@ class SignedURLs:
         return results
 
     def _resolve_local(
-        self, objects: list[Any], attr: str, results: list[str | None]
+        self, objects: list[Any], attr: str, results: list[str | None], count: bool = True
     ) -> _Page | None:
         """Answer what the in-process layer (or an empty key) can; return the rest."""
         # What the in-process layer did not answer, as parallel lists in input order: the
@@ -503,8 +561,76 @@ class SignedURLs:
             object_keys.append(object_key)
             indexes.append(i)
             specs.append(spec)
-        self._count_hits(hit_count, hits)
+        if count:
+            self._count_hits(hit_count, hits)
         return _Page(keys, object_keys, indexes, specs) if keys else None
+
+    # -- prefetching (the query option) -----------------------------------------------------
+
+    def _prefetch_loaded(self, objects: list[Any], option: PrefetchURLs) -> None:
+        """What :meth:`prefetch` does once a statement has loaded ``objects``: read their
+        URLs into the in-process layer, ``option.batch_size`` objects per round trip. In a
+        coroutine's greenlet (``AsyncSession``) the round trips are awaited; a sync session
+        used on a running loop is left to the attributes (no blocking I/O on a loop)."""
+        if self.local is None:
+            return  # nothing would keep what a prefetch reads
+        try:
+            in_loop = _running_loop() is not None
+            if in_loop and not _in_greenlet():
+                return
+            step = option.batch_size
+            for start in range(0, len(objects), step):
+                batch = objects[start : start + step]
+                if in_loop:
+                    _await_only(self._aprefetch(batch, option.attrs))
+                else:
+                    self._prefetch(batch, option.attrs)
+        except Exception as exc:  # never fail the query: the attributes read on their own
+            log.warning(
+                "Could not prefetch signed URLs (%s); reading them one by one",
+                type(exc).__name__,
+            )
+
+    def _prefetch_page(
+        self, objects: list[Any], attrs: tuple[str, ...]
+    ) -> tuple[_Page | None, list[str | None]]:
+        """One page for every ``(object, attr)`` the in-process layer does not hold."""
+        specs = self._installation.specs
+        results: list[str | None] = []
+        keys: list[str] = []
+        object_keys: list[str] = []
+        indexes: list[int] = []
+        page_specs: list[URLSpec] = []
+        for attr in attrs:
+            objs = [obj for obj in objects if attr in specs.get(type(obj), ())]
+            if not objs:
+                continue
+            part: list[str | None] = [None] * len(objs)
+            page = self._resolve_local(objs, attr, part, count=False)
+            if page is not None:
+                offset = len(results)
+                keys += page.keys
+                object_keys += page.object_keys
+                indexes += [i + offset for i in page.indexes]
+                page_specs += page.specs
+            results += part
+        page = _Page(keys, object_keys, indexes, page_specs) if keys else None
+        return page, results
+
+    def _prefetch(self, objects: list[Any], attrs: tuple[str, ...]) -> None:
+        page, results = self._prefetch_page(objects, attrs)
+        if page is not None:
+            writes = self._serve(page, self._guard.get_many(page.keys), results)
+            if writes:
+                self._write(writes)
+
+    async def _aprefetch(self, objects: list[Any], attrs: tuple[str, ...]) -> None:
+        page, results = self._prefetch_page(objects, attrs)
+        if page is not None:
+            raws = await self._guard.acall(self.async_store.get_many, page.keys)
+            writes = self._serve(page, raws, results)
+            if writes:
+                await self._awrite(writes)
 
     def _serve(
         self, page: _Page, raws: Sequence[bytes | str | None] | None, results: list[str | None]

@@ -6,23 +6,36 @@ happens at import time.
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 from sqlalchemy import event, inspect, select
-from sqlalchemy.orm import Mapper, ORMExecuteState, Session, registry
+from sqlalchemy.engine import ChunkedIteratorResult, Result, Row
+from sqlalchemy.orm import Mapper, ORMExecuteState, Session, UserDefinedOption, registry
 
 from ._keys import URLSpec
 from .exceptions import ConfigurationError
 from .types import ObjectKey
 
-__all__ = ["INFO_KEY", "Installation", "Invalidate", "Read", "URLAttribute"]
+__all__ = [
+    "INFO_KEY",
+    "Installation",
+    "Invalidate",
+    "Prefetch",
+    "PrefetchURLs",
+    "Read",
+    "URLAttribute",
+]
 
 #: How a URL attribute reads its value: ``read(obj, spec)`` (``SignedURLs``' read path).
 Read = Callable[[Any, URLSpec], "str | None"]
 #: What runs after the outermost commit: ``invalidate({cls: keys})``.
 Invalidate = Callable[[Mapping[type, Iterable[str]]], int]
+#: How a statement's loaded objects get their URLs: ``prefetch(objects, option)``.
+Prefetch = Callable[[list[Any], "PrefetchURLs"], None]
 
 log = logging.getLogger("sqla_signed_urls")
 
@@ -53,6 +66,30 @@ class URLAttribute:
             f"{self.spec.cls.__name__}.{self.spec.attr} is read-only; "
             f"set {self.spec.column} (the object key) instead"
         )
+
+
+class PrefetchURLs(UserDefinedOption):
+    """The query option :meth:`SignedURLs.prefetch` makes: once the statement has loaded its
+    rows, the URLs of every loaded instance of an installed class (its own entities and what
+    its eager loaders loaded) are read in one round trip, so each ``obj.url`` after it is an
+    in-process hit::
+
+        posts = session.scalars(
+            select(Post).options(selectinload(Post.images), urls.prefetch())
+        ).all()
+    """
+
+    __slots__ = ("attrs", "batch_size", "owner")
+
+    def __init__(self, owner: object, attrs: tuple[str, ...], batch_size: int) -> None:
+        super().__init__((owner, attrs, batch_size))
+        self.owner = owner
+        self.attrs = attrs
+        self.batch_size = batch_size
+
+    def __repr__(self) -> str:
+        names = ", ".join(repr(a) for a in self.attrs)
+        return f"PrefetchURLs({names}, batch_size={self.batch_size})"
 
 
 def _matcher(target: Any) -> Callable[[Mapper[Any]], bool]:
@@ -86,15 +123,32 @@ class Installation:
                      owner=urls).add(Base)
     """
 
-    def __init__(self, *, key_prefix: str, read: Read, invalidate: Invalidate, owner: object):
+    def __init__(
+        self,
+        *,
+        key_prefix: str,
+        read: Read,
+        invalidate: Invalidate,
+        owner: object,
+        prefetch: Prefetch | None = None,
+    ):
         self.key_prefix = key_prefix
         self.read = read
         self.invalidate = invalidate
         self.owner = owner
+        self.prefetch = prefetch
+        #: The option applied to every ORM ``SELECT`` (``install(..., prefetch=True)``).
+        self.prefetch_all: PrefetchURLs | None = None
         self.targets: list[tuple[Any, Callable[[Mapper[Any]], bool]]] = []
         #: mapped class -> url attribute name -> spec
         self.specs: dict[type, dict[str, URLSpec]] = {}
         self._listening = False
+        self._loading: list[Mapper[Any]] = []
+        # The instances of installed classes loaded while a prefetching statement produces
+        # its rows (``None`` outside one): a load event appends to it.
+        self._collecting: ContextVar[list[Any] | None] = ContextVar(
+            f"sqla_signed_urls.prefetch.{id(self)}", default=None
+        )
 
     # -- targets ----------------------------------------------------------------------------
 
@@ -121,13 +175,16 @@ class Installation:
             mapper: Mapper[Any] = inspect(cls)
             if any(m(mapper) for _, m in keep):
                 continue
+            self._stop_collecting(mapper)
             for attr, spec in specs.items():
                 if isinstance(cls.__dict__.get(attr), URLAttribute):
                     delattr(cls, attr)
                 del spec
             del self.specs[cls]
-        if not self.targets and self._listening:
-            self._unlisten()
+        if not self.targets:
+            self.prefetch_all = None
+            if self._listening:
+                self._unlisten()
 
     def _covers(self, mapper: Mapper[Any]) -> bool:
         return any(m(mapper) for _, m in self.targets)
@@ -174,6 +231,21 @@ class Installation:
         for attr, spec in specs.items():
             setattr(cls, attr, URLAttribute(self.read, spec))
         self.specs[cls] = specs
+        for name in ("load", "refresh"):
+            event.listen(mapper, name, self._on_load)
+        self._loading.append(mapper)
+
+    def _stop_collecting(self, mapper: Mapper[Any]) -> None:
+        if mapper in self._loading:
+            self._loading.remove(mapper)
+            for name in ("load", "refresh"):
+                if event.contains(mapper, name, self._on_load):
+                    event.remove(mapper, name, self._on_load)
+
+    def _on_load(self, target: Any, *args: Any) -> None:
+        found = self._collecting.get()
+        if found is not None:
+            found.append(target)
 
     def check_collisions(self) -> None:
         """Two classes (not related by inheritance) must not share one key scheme."""
@@ -256,12 +328,14 @@ class Installation:
         if key is not None:
             found.setdefault(spec.cls, set()).add(key)
 
-    def _do_orm_execute(self, state: ORMExecuteState) -> None:
+    def _do_orm_execute(self, state: ORMExecuteState) -> Result[Any] | None:
+        if state.is_select:
+            return self._prefetching(state)
         if not (state.is_update or state.is_delete):
-            return
+            return None
         mapper = state.bind_mapper
         if mapper is None or mapper.class_ not in self.specs:
-            return
+            return None
         specs = list(self.specs[mapper.class_].values())
         statement: Any = state.statement
         params: Any = state.parameters
@@ -270,7 +344,7 @@ class Installation:
             touched = _touched_columns(statement, params)
             watched = set().union(*(s.column_names for s in specs)) | set(specs[0].pk_attrs)
             if touched is not None and not (touched & watched):
-                return
+                return None
         pending = self._pending(state.session)
         keys = pending.setdefault(mapper.class_, set())
         if isinstance(params, list) and state.is_update:
@@ -279,7 +353,7 @@ class Installation:
                 pk = [row.get(name) for name in pk_attrs]
                 if all(v is not None for v in pk):
                     keys.update(spec.key_for_pk(pk) for spec in specs)
-            return
+            return None
         pk_columns = list(mapper.primary_key)
         query = select(*pk_columns).select_from(mapper.local_table)
         if statement.whereclause is not None:
@@ -287,6 +361,76 @@ class Installation:
         rows = state.session.execute(query, None if multi else params).all()
         for row in rows:
             keys.update(spec.key_for_pk(tuple(row)) for spec in specs)
+        return None
+
+    # -- prefetching what a SELECT loads ------------------------------------------------------
+
+    def _option(self, state: ORMExecuteState) -> PrefetchURLs | None:
+        """The prefetch option that applies to this statement, if any."""
+        if state.is_column_load or state.is_relationship_load:
+            return None  # refreshing attributes, lazy loads: never prefetched
+        chosen = state.execution_options.get("prefetch_urls")
+        if chosen is False:
+            return None
+        for option in state.user_defined_options:
+            if isinstance(option, PrefetchURLs) and option.owner is self.owner:
+                return option
+        return self.prefetch_all
+
+    def _prefetching(self, state: ORMExecuteState) -> Result[Any] | None:
+        option = self._option(state)
+        if option is None or self.prefetch is None:
+            return None
+        found: list[Any] = []
+        token = self._collecting.set(found)
+        try:
+            result = state.invoke_statement()
+        finally:
+            self._collecting.reset(token)
+        if not isinstance(result, ChunkedIteratorResult):
+            # A result made elsewhere (a cache's frozen rows): read it all now.
+            frozen = result.freeze()
+            self._fetch(found, frozen.data, option)
+            return frozen()
+        if state.execution_options.get("prebuffer_rows"):
+            # Every row is loaded already (AsyncSession does this); chunks(None) re-reads
+            # them without consuming the result.
+            self._fetch(found, list(itertools.chain.from_iterable(result.chunks(None))), option)
+            return result
+        produce = result.chunks
+
+        def chunks(size: int | None) -> Iterator[Sequence[Any]]:
+            """The ORM's chunks, each followed by one prefetch of what it loaded (its rows,
+            their eager loads): one batch per ``yield_per`` partition when streaming."""
+            produced = produce(size)
+            while True:
+                loaded: list[Any] = []
+                token = self._collecting.set(loaded)
+                try:
+                    rows = next(produced, None)
+                finally:
+                    self._collecting.reset(token)
+                if rows is None:
+                    return
+                self._fetch(loaded, rows, option)
+                yield rows
+
+        result.chunks = chunks
+        # The partition size a yield_per already set (the ORM's iterator was built with it).
+        partition = getattr(result, "_yield_per", None)
+        result.iterator = itertools.chain.from_iterable(chunks(partition))
+        return result
+
+    def _fetch(self, loaded: list[Any], rows: Sequence[Any], option: PrefetchURLs) -> None:
+        """Prefetch the installed instances among ``rows`` and the ``loaded`` ones."""
+        specs = self.specs
+        found = {id(obj): obj for obj in loaded}
+        for row in rows:
+            for item in row if isinstance(row, (tuple, Row)) else (row,):
+                if type(item) in specs:
+                    found.setdefault(id(item), item)
+        if found and self.prefetch is not None:
+            self.prefetch(list(found.values()), option)
 
     def _after_commit(self, session: Session) -> None:
         if session.in_nested_transaction():

@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import String, delete, select, text, update
+from sqlalchemy import String, delete, select, update
 from sqlalchemy.ext.asyncio import (
     AsyncAttrs,
     AsyncSession,
     async_sessionmaker,
-    create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -28,8 +27,8 @@ from sqla_signed_urls import ObjectKey, SignedURLs, core
 from sqla_signed_urls.cache.base import decode_entry
 from sqla_signed_urls.testing import CountingAsyncRedis, CountingRedis, FakeSigner
 
-from ..conftest import DATABASE_URL, REDIS_URL, RUN_ID
-from ..helpers.clients import client_pair, close_pair
+from ..conftest import REDIS_URL, RUN_ID
+from ..helpers.clients import async_database, client_pair, close_pair
 
 
 class ABase(AsyncAttrs, DeclarativeBase):
@@ -76,45 +75,24 @@ class World:
             await asyncio.sleep(0.001)
 
 
-def _database_url(tmp_path: Path) -> tuple[str, dict[str, Any]]:
-    if DATABASE_URL:
-        url = DATABASE_URL.replace("+psycopg", "+asyncpg").replace(
-            "postgresql://", "postgresql+asyncpg://"
-        )
-        return url, {"server_settings": {"search_path": f"t_async_{RUN_ID}"}}
-    return f"sqlite+aiosqlite:///{tmp_path / 'async.db'}", {}
-
-
 @asynccontextmanager
 async def world(tmp_path: Path, **options: Any) -> AsyncIterator[World]:
     """Everything a test needs, built inside the test's own event loop."""
     prefix = f"t{RUN_ID}:async:file_url:" if REDIS_URL else "file_url:"
     sync, aio = client_pair()
-    url, connect_args = _database_url(tmp_path)
-    engine = create_async_engine(url, connect_args=connect_args)
-    schema = f"t_async_{RUN_ID}"
-    async with engine.begin() as conn:
-        if DATABASE_URL:
-            await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
-        await conn.run_sync(ABase.metadata.drop_all)
-        await conn.run_sync(ABase.metadata.create_all)
-    signer = FakeSigner()
-    options.setdefault("local_cache_size", 0)
-    urls = SignedURLs(signer, redis=sync, async_redis=aio, key_prefix=prefix, **options)
-    urls.install(AFile)
-    try:
-        yield World(
-            urls, sync, aio, async_sessionmaker(engine, expire_on_commit=False), signer, prefix
-        )
-    finally:
-        urls.uninstall()
-        await urls.aclose()
-        async with engine.begin() as conn:
-            await conn.run_sync(ABase.metadata.drop_all)
-            if DATABASE_URL:
-                await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        await engine.dispose()
-        await close_pair(sync, aio, prefix)
+    async with async_database(tmp_path, ABase.metadata) as engine:
+        signer = FakeSigner()
+        options.setdefault("local_cache_size", 0)
+        urls = SignedURLs(signer, redis=sync, async_redis=aio, key_prefix=prefix, **options)
+        urls.install(AFile)
+        try:
+            yield World(
+                urls, sync, aio, async_sessionmaker(engine, expire_on_commit=False), signer, prefix
+            )
+        finally:
+            urls.uninstall()
+            await urls.aclose()
+            await close_pair(sync, aio, prefix)
 
 
 def run(tmp_path: Path, body: Callable[[World], Awaitable[None]], **options: Any) -> None:
