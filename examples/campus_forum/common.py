@@ -13,7 +13,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,11 +184,6 @@ def page_files(posts: Iterable[Post], avatars_of: Iterable[User]) -> list[File]:
     found = {user.avatar.id: user.avatar for user in avatars_of if user.avatar is not None}
     found.update((f.id, f) for post in posts for f in post.files)
     return list(found.values())
-
-
-def url_map(files: Sequence[File], urls: Sequence[str | None]) -> dict[int, str | None]:
-    """``{file.id: url}`` for the templates."""
-    return {f.id: url for f, url in zip(files, urls, strict=True)}
 
 
 # -- avatar upload ---------------------------------------------------------------------------
