@@ -29,3 +29,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_fast_path.py
 	$(PY) benchmarks/bench_refresh.py
 	$(PY) benchmarks/bench_async.py
+	$(PY) benchmarks/bench_prefetch.py

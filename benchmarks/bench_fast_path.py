@@ -8,6 +8,9 @@ once per round, rounds run the cases in a fresh random order, and the table show
     .venv/bin/python benchmarks/bench_fast_path.py                # needs Redis on 127.0.0.1:6379
     .venv/bin/python benchmarks/bench_fast_path.py --redis-url redis://127.0.0.1:6379/13
 
+Every row uses redis-py's default reply parser (hiredis with the ``fast`` extra), except one
+``resolve()`` row measured through the pure-Python parser beside it.
+
 Round-trip ratios only mean something on a real Redis server, so there is no fakeredis mode.
 Exit status: 0 when every target passes, 1 when one fails, 2 when Redis cannot be reached.
 """
@@ -29,6 +32,8 @@ from typing import Any
 
 import oss2
 import redis
+from redis._parsers import _RESP2Parser
+from redis.utils import HIREDIS_AVAILABLE
 from sqlalchemy import String, create_engine, insert, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -36,6 +41,8 @@ from sqla_signed_urls import ObjectKey, SignedURLs
 from sqla_signed_urls.cache.base import signer_tag
 from sqla_signed_urls.signers import OSSSigner
 
+#: The reply parser redis-py uses by default here: hiredis when installed (the ``fast`` extra).
+PARSER = "hiredis" if HIREDIS_AVAILABLE else "pure Python"
 ENDPOINT = "https://oss-cn-hangzhou.aliyuncs.com"
 URL_TTL = 14400
 CACHE_TTL = 2700
@@ -170,10 +177,20 @@ def main() -> int:
         OSSSigner(bucket_v1), redis=args.redis_url, key_prefix=prefix, local_cache_size=0
     )
     urls_off.install(base_l2)
+    # The same cache through redis-py's pure-Python reply parser, beside the default one
+    # (hiredis, when the `fast` extra is installed).
+    base_py, file_py = make_model("PyParser")
+    pure_client = redis.Redis(
+        connection_pool=redis.ConnectionPool.from_url(args.redis_url, parser_class=_RESP2Parser)
+    )
+    urls_py = SignedURLs(OSSSigner(bucket_v1), redis=pure_client, key_prefix=prefix)
+    urls_py.install(base_py)
     session_l1 = Session(engine)
     session_l2 = Session(engine)
+    session_py = Session(engine)
     rows = list(session_l1.scalars(select(file_l1).order_by(file_l1.id)))
     rows_off = list(session_l2.scalars(select(file_l2).order_by(file_l2.id)))
+    page_py = list(session_py.scalars(select(file_py).order_by(file_py.id).limit(PAGE)))
     page = rows[:PAGE]
     page_keys = [f"{prefix}{f.id}" for f in page]
     one, one_off = rows[0], rows_off[0]
@@ -192,6 +209,7 @@ def main() -> int:
 
     # Warm everything the warm cases read.
     wait_live(urls, one)
+    wait_live(urls_py, page_py[0])
     urls.resolve(page)
     for f in page:
         plain_url(f)
@@ -309,6 +327,15 @@ def main() -> int:
             total += perf_ns() - t0
         return total
 
+    def resolve_l1_cold_py(n: int) -> int:
+        total = 0
+        for _ in range(n):
+            urls_py.clear_local()
+            t0 = perf_ns()
+            urls_py.resolve(page_py)
+            total += perf_ns() - t0
+        return total
+
     def resolve_l1_warm(n: int) -> int:
         resolve = urls.resolve
         resolve(page)
@@ -354,6 +381,7 @@ def main() -> int:
             Case("l1_hit", l1_hit, 400),
             Case("redis_hit", redis_hit, 15),
             Case("resolve_l1_cold", resolve_l1_cold, 5),
+            Case("resolve_l1_cold_py", resolve_l1_cold_py, 5),
             Case("resolve_l1_warm", resolve_l1_warm, 20),
             Case("resolve_cold", resolve_cold, 1),
             Case("sign_pipe", sign_and_pipeline, 1),
@@ -441,6 +469,26 @@ def main() -> int:
         "<= 1.5x",
         check(ratio <= 1.5),
     )
+    ratio = m["resolve_l1_cold"] / m["floor"]
+    row(
+        "  the same, against the floor row",
+        "",
+        f"{ratio:.3f}x floor",
+        "<= 1.15x",
+        check(ratio <= 1.15),
+    )
+    row(
+        "resolve() 100 rows, L1 cold, pure-Python parser",
+        f"{m['resolve_l1_cold_py']:.0f} us",
+    )
+    lower = 1 - m["resolve_l1_cold"] / m["resolve_l1_cold_py"]
+    row(
+        f"  the same with the default parser [{PARSER}]",
+        f"{m['resolve_l1_cold']:.0f} us",
+        f"{lower:.0%} lower",
+        ">= 25% lower",
+        check(lower >= 0.25) if HIREDIS_AVAILABLE else "needs hiredis (the fast extra)",
+    )
     speed = m["plain_page"] / m["resolve_l1_warm"]
     row(
         "resolve() 100 rows, L1 warm",
@@ -473,7 +521,8 @@ def main() -> int:
     print(
         f"sqla_signed_urls fast path: {args.rounds} interleaved rounds in {timing_s:.0f} s, "
         f"Redis {raw.info('server')['redis_version']} at {args.redis_url}, Python "
-        f"{sys.version.split()[0]}, {os.cpu_count()} CPUs"
+        f"{sys.version.split()[0]}, {os.cpu_count()} CPUs; redis-py reply parser: {PARSER} "
+        "(every row but the pure-Python one)"
     )
     print(
         f"L1 retained after filling {entries:,} entries: {retained_bytes / 1e6:.2f} MB; "
@@ -490,8 +539,12 @@ def main() -> int:
     urls.close()
     urls_off.uninstall()
     urls_off.close()
+    urls_py.uninstall()
+    urls_py.close()
+    pure_client.close()
     session_l1.close()
     session_l2.close()
+    session_py.close()
     for pattern in (prefix, plain_prefix, raw_prefix):
         found = list(raw.scan_iter(match=pattern + "*", count=1000))
         for i in range(0, len(found), 1000):

@@ -27,6 +27,7 @@ from .cache.base import (
     Servable,
     SharedStore,
     encode_entry,
+    match_entries,
     match_entry,
     signer_tag,
 )
@@ -643,12 +644,11 @@ class SignedURLs:
         fresh: list[tuple[str, Servable]] = []
         missed: list[int] = []  # positions to sign
         if raws:
-            tag, min_validity, now = self._tag, self._min_validity, _time()
+            entries = match_entries(raws, self._tag, object_keys, _time(), self._min_validity)
             # Prefixes for the whole page at once: a batch is cheaper than a key at a time.
             prefixes = self.signer.url_prefixes(object_keys)
-            rows = zip(keys, raws, object_keys, prefixes, strict=True)
-            for pos, (key, raw, object_key, prefix) in enumerate(rows):
-                entry = match_entry(raw, tag, object_key, now, min_validity)
+            rows = zip(keys, entries, prefixes, strict=True)
+            for pos, (key, entry, prefix) in enumerate(rows):
                 if entry is None or (prefix is not None and not entry[1].startswith(prefix)):
                     missed.append(pos)
                     continue

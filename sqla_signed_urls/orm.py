@@ -379,7 +379,7 @@ class Installation:
 
     def _prefetching(self, state: ORMExecuteState) -> Result[Any] | None:
         option = self._option(state)
-        if option is None or self.prefetch is None:
+        if option is None or self.prefetch is None or _columns_only(state.statement):
             return None
         found: list[Any] = []
         token = self._collecting.set(found)
@@ -449,6 +449,16 @@ class Installation:
             bucket = session.info.get(INFO_KEY)
             if bucket:
                 bucket.pop(self.owner, None)
+
+
+def _columns_only(statement: Any) -> bool:
+    """True for a ``SELECT`` of plain columns (``select(User.id)``): it loads no instance, so
+    there is nothing to prefetch and its rows are left alone. Anything else (an entity, an
+    alias, a textual statement) may load instances."""
+    columns = getattr(statement, "_raw_columns", None)
+    if not columns:
+        return False
+    return not any(getattr(c, "_is_from_clause", True) for c in columns)
 
 
 def _touched_columns(statement: Any, params: Any) -> set[str] | None:

@@ -1,0 +1,80 @@
+"""What the benchmark scripts share: cases sampled in interleaved rounds, and the table of
+medians, ratios and targets they print."""
+
+from __future__ import annotations
+
+import gc
+import random
+import statistics
+import time
+from collections.abc import Callable, Iterable
+
+perf_ns = time.perf_counter_ns
+
+
+class Case:
+    """``run(n)`` returns the nanoseconds that n repetitions of the timed part took."""
+
+    def __init__(self, name: str, run: Callable[[int], int], n: int) -> None:
+        self.name = name
+        self.run = run
+        self.n = n
+        self.samples: list[float] = []
+
+    def sample(self) -> None:
+        self.samples.append(self.run(self.n) / self.n)
+
+    @property
+    def median_us(self) -> float:
+        return statistics.median(self.samples) / 1000.0
+
+
+def run_rounds(cases: Iterable[Case], rounds: int) -> tuple[dict[str, float], float]:
+    """Warm every case up, then sample each once per round, in a fresh random order each
+    round, with the heap frozen; return the median microseconds by name and the seconds
+    the rounds took."""
+    order = list(cases)
+    for case in order:  # warm-up, not recorded
+        case.run(case.n)
+    gc.collect()
+    gc.freeze()
+    started = time.monotonic()
+    try:
+        for _ in range(rounds):
+            random.shuffle(order)
+            for case in order:
+                case.sample()
+    finally:
+        gc.unfreeze()
+    return {case.name: case.median_us for case in order}, time.monotonic() - started
+
+
+class Table:
+    """Rows of ``case, median, ratio, target, result``; :meth:`check` records a verdict."""
+
+    HEADER = ("case", "median", "ratio", "target", "result")
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str, str, str, str]] = []
+        self.results: list[bool] = []
+
+    def row(
+        self, label: str, value: str, ratio: str = "", target: str = "", verdict: str = ""
+    ) -> None:
+        self.rows.append((label, value, ratio, target, verdict))
+
+    def check(self, ok: bool) -> str:
+        self.results.append(ok)
+        return "PASS" if ok else "FAIL"
+
+    @property
+    def passed(self) -> bool:
+        return all(self.results)
+
+    def print(self) -> None:
+        widths = [max(len(r[i]) for r in [*self.rows, self.HEADER]) for i in range(5)]
+        line = "  ".join(h.ljust(w) for h, w in zip(self.HEADER, widths, strict=True))
+        print(line)
+        print("-" * len(line))
+        for r in self.rows:
+            print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
