@@ -57,9 +57,9 @@ class Signer(abc.ABC):
     name: str
     #: The longest URL lifetime the scheme accepts, in seconds (``None``: no limit).
     max_url_ttl: int | None = None
-    #: True when signing one key with one ``expires_at`` always gives the same URL.
-    #: Schemes that embed the signing time (OSS V4) are not stable: processes then share URLs
-    #: only through the Redis cache.
+    #: True when signing one key with one ``expires_at`` (and ``signed_at``, for signers that
+    #: take it) always gives the same URL. A scheme that writes the current time into the URL
+    #: is not stable: processes then share URLs only through the Redis cache.
     stable: bool = True
     #: True when :meth:`sign` also takes ``signed_at``, the signing time to write into the URL
     #: (V4 schemes). ``SignedURLs`` then passes the start of the current expiry window

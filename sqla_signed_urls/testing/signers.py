@@ -12,10 +12,11 @@ says what to fix. Run it in your test suite::
     def test_my_signer_keeps_the_contract() -> None:
         check_signer(MySigner())
 
-It signs a built-in list of awkward keys (spaces, ``+``, ``%``, ``#``, ``?``, ``&``, ``=``,
-accents, CJK, emoji, a 900-byte key, ``//``), offline and in a few milliseconds for the built-in
-signers. Pass ``keys=[...]`` to check your own keys instead. Signatures and security tokens are
-shown as ``...`` in the messages.
+Signers with ``takes_signed_at`` (V4 schemes) are given ``signed_at``, as ``SignedURLs`` gives
+it, and must write it as their signing time. It signs a built-in list of awkward keys (spaces,
+``+``, ``%``, ``#``, ``?``, ``&``, ``=``, accents, CJK, emoji, a 900-byte key, ``//``), offline
+and in a few milliseconds for the built-in signers. Pass ``keys=[...]`` to check your own keys
+instead. Signatures and security tokens are shown as ``...`` in the messages.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import re
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 from unittest import mock
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -87,6 +89,9 @@ _UNIX_TIME = 10**9
 _NO_LIMIT_TTL = 30 * 24 * 3600
 #: Clock shifts between two signings of the stability check.
 _CLOCK_SHIFTS = (61, 3601)
+#: How long before the clock the stability check's ``signed_at`` lies: far enough that a URL
+#: carrying the wall clock instead is told apart from one carrying ``signed_at``.
+_SIGNED_BEFORE = 300
 
 _HOW_TO_QUOTE = (
     "percent-quote the key in the URL path, such as urllib.parse.quote(key, safe='/') "
@@ -103,8 +108,10 @@ def check_signer(signer: Signer, *, keys: Sequence[str] | None = None) -> None:
     only characters a URL may carry unquoted; that ``url_prefixes()`` agrees with
     ``url_prefix()``; that no two keys share a URL and no URL passes as another key's; that
     ``stable = True`` holds when the clock (``time.time``) moves and the URL carries no
-    signing time; and that signing ``max_url_ttl`` seconds ahead (30 days when ``None``) works
-    and, where the URL shows its expiry, stays within the limit.
+    signing time (for a signer with ``takes_signed_at``: none but the ``signed_at`` it was
+    given, with a lifetime ending at ``expires_at``); and that signing ``max_url_ttl`` seconds
+    ahead (30 days when ``None``) works and, where the URL shows its expiry, stays within the
+    limit.
 
     ``keys`` replaces the built-in list of hard keys. A ``SigningError`` for a checked key is
     a failure naming the key; only the built-in key with ``//`` may be refused, as servers
@@ -114,7 +121,7 @@ def check_signer(signer: Signer, *, keys: Sequence[str] | None = None) -> None:
     checked = _keys_to_check(keys)
     now = int(time.time())
     expires_at = now + _lifetime(signer, 3600)
-    urls = dict(_sign_each(signer, checked, expires_at, own_keys=keys is not None))
+    urls = dict(_sign_each(signer, checked, expires_at, now, own_keys=keys is not None))
     for key, url in urls.items():
         _check_url(signer, key, url)
     _check_prefix_batches(signer, checked)
@@ -168,13 +175,13 @@ def _keys_to_check(keys: Sequence[str] | None) -> list[str]:
 
 
 def _sign_each(
-    signer: Signer, keys: Sequence[str], expires_at: int, *, own_keys: bool
+    signer: Signer, keys: Sequence[str], expires_at: int, signed_at: int, *, own_keys: bool
 ) -> Iterator[tuple[str, str]]:
     """Yield ``(key, url)`` for each key the signer signs (it may refuse only the built-in
     keys that servers rewrite)."""
     for key in keys:
         try:
-            url = _sign(signer, key, expires_at)
+            url = _sign(signer, key, expires_at, signed_at)
         except SigningError as exc:
             if own_keys:
                 raise AssertionError(
@@ -308,16 +315,23 @@ def _check_stable(signer: Signer, key: str) -> None:
     lifetime = _lifetime(signer, 7200)
     shifts = tuple(shift for shift in _CLOCK_SHIFTS if shift < lifetime) or (lifetime // 2,)
     expires_at = now + lifetime
-    first = _sign(signer, key, expires_at)
+    signed_at = None
+    same = "the same expires_at"
+    if signer.takes_signed_at:
+        # As SignedURLs does: a signing time at most max_url_ttl before the expiry.
+        signed_at = now - _SIGNED_BEFORE
+        expires_at = signed_at + lifetime
+        same = "the same expires_at and signed_at"
+    first = _sign(signer, key, expires_at, signed_at)
     for shift in shifts:
         try:
             with _clock_at(now + shift):
-                later = _sign(signer, key, expires_at)
+                later = _sign(signer, key, expires_at, signed_at)
         except SigningError as exc:
             raise AssertionError(
                 f"{_call(signer, key)} raised SigningError({_show(str(exc))}) with the clock "
-                f"{shift} s later and the same expires_at, {lifetime - shift} s ahead: sign "
-                "any expires_at in the future"
+                f"{shift} s later and {same}, {expires_at - now - shift} s ahead: sign any "
+                "expires_at in the future"
             ) from exc
         if later != first:
             shown_first, shown_later = _redact(first), _redact(later)
@@ -326,13 +340,21 @@ def _check_stable(signer: Signer, key: str) -> None:
                 if shown_first == shown_later
                 else _parting(shown_later, shown_first)
             )
-            raise AssertionError(
-                f"{type(signer).__name__}.stable is True, but signing {_show(key)} with the "
-                f"same expires_at {shift} s later gave another URL: {_show_url(first)}, then "
-                f"{_show_url(later)}{where}; a URL that depends on the clock (or on chance) is "
-                "not stable: set stable = False on the class, or make sign() depend only on "
-                "the key and expires_at"
+            fix = (
+                "write signed_at as the signing time instead of reading the clock, or set "
+                "stable = False on the class"
+                if signer.takes_signed_at
+                else "set stable = False on the class, or make sign() depend only on the key "
+                "and expires_at"
             )
+            raise AssertionError(
+                f"{type(signer).__name__}.stable is True, but signing {_show(key)} with "
+                f"{same} {shift} s later gave another URL: {_show_url(first)}, then "
+                f"{_show_url(later)}{where}; a URL that depends on the clock (or on chance) is "
+                f"not stable: {fix}"
+            )
+    if signed_at is not None:
+        _check_signed_at(signer, key, first, expires_at, signed_at)
     clock = _clock_reading(first, now)
     if clock is not None:
         raise AssertionError(
@@ -341,6 +363,34 @@ def _check_stable(signer: Signer, key: str) -> None:
             "gives another URL; set stable = False on the class, or leave the clock out of "
             "the URL"
         )
+
+
+def _check_signed_at(signer: Signer, key: str, url: str, expires_at: int, signed_at: int) -> None:
+    """A signer that takes ``signed_at`` writes it as the signing time, with the lifetime
+    that makes the URL valid until exactly ``expires_at``."""
+    cls = type(signer).__name__
+    call = _call(signer, key, f"expires_at={expires_at}, signed_at={signed_at}")
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(signed_at))
+    for name, value in parse_qsl(urlsplit(url).query, keep_blank_values=True):
+        if _ISO_BASIC(value) and value != stamp:
+            raise AssertionError(
+                f"{cls}.takes_signed_at is True, but {call} gave {_show_url(url)}, whose "
+                f"signing time {name}={value} is not signed_at ({stamp}): write signed_at as "
+                "the signing time, so every process signing within one window makes the same "
+                "URL (or set takes_signed_at = False and stable = False)"
+            )
+        lifetime = int(value) if value.isdigit() else None
+        if (
+            name.lower() in _EXPIRY_PARAMS
+            and lifetime is not None
+            and lifetime < _UNIX_TIME
+            and signed_at + lifetime != expires_at
+        ):
+            raise AssertionError(
+                f"{call} gave {_show_url(url)}, whose {name}={value} makes it valid until "
+                f"{signed_at + lifetime}, not until expires_at: write expires_at - signed_at "
+                "as the lifetime"
+            )
 
 
 def _clock_reading(url: str, now: int) -> str | None:
@@ -366,7 +416,7 @@ def _check_max_url_ttl(signer: Signer, key: str) -> None:
     ahead = "max_url_ttl" if limit is not None else "30 days (max_url_ttl is None)"
     now = int(time.time())
     try:
-        url = signer.sign(key, expires_at=now + lifetime)
+        url = _call_sign(signer, key, now + lifetime, now)
     except Exception as exc:
         fix = (
             "max_url_ttl must be a lifetime sign() accepts; lower it"
@@ -398,10 +448,18 @@ def _check_max_url_ttl(signer: Signer, key: str) -> None:
 # -- helpers -------------------------------------------------------------------------------
 
 
-def _sign(signer: Signer, key: str, expires_at: int) -> str:
+def _call_sign(signer: Signer, key: str, expires_at: int, signed_at: int | None) -> object:
+    """``signer.sign()``, with ``signed_at`` when the signer takes it."""
+    if signer.takes_signed_at and signed_at is not None:
+        sign: Any = signer.sign
+        return sign(key, expires_at=expires_at, signed_at=signed_at)
+    return signer.sign(key, expires_at=expires_at)
+
+
+def _sign(signer: Signer, key: str, expires_at: int, signed_at: int | None = None) -> str:
     """``signer.sign()``, failing on anything but a str or a ``SigningError``."""
     try:
-        url = signer.sign(key, expires_at=expires_at)
+        url = _call_sign(signer, key, expires_at, signed_at)
     except SigningError:
         raise
     except Exception as exc:

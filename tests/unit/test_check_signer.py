@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import time
 from collections.abc import Sequence
+from typing import Any
 from urllib.parse import quote
 
 import oss2
@@ -71,7 +73,8 @@ def test_builtin_and_correct_signers_pass(signer: Signer) -> None:
 def test_oss_signer_passes_with_every_auth(auth: oss2.AuthBase) -> None:
     signer = oss_signer(auth)
     check_signer(signer)
-    assert signer.stable is (signer.version == "v1")  # V4 embeds its signing time and says so
+    assert signer.stable  # V4 writes the signing time SignedURLs gives it (signed_at)
+    assert signer.takes_signed_at is (signer.version == "v4")
 
 
 def test_own_keys_replace_the_hard_list() -> None:
@@ -173,13 +176,19 @@ def test_stable_signer_that_reads_the_clock_fails() -> None:
 
 
 def test_stable_signer_that_reads_datetime_fails() -> None:
+    class OwnV4(oss2.AuthV4):
+        """An auth of its own kind: OSSSigner leaves it to oss2, which reads datetime."""
+
+        def _sign_url(self, *args: Any, **kwargs: Any) -> str:
+            return str(super()._sign_url(*args, **kwargs))
+
     class V4ClaimingStable(OSSSigner):
         def __init__(self, bucket: oss2.Bucket) -> None:
             super().__init__(bucket)
             self.stable = True
             self.max_url_ttl = None  # so only the stability check can fail
 
-    auth = oss2.make_auth(KEY_ID, KEY_SECRET, oss2.AUTH_VERSION_4)
+    auth = OwnV4(KEY_ID, KEY_SECRET)
     signer = V4ClaimingStable(oss2.Bucket(auth, ENDPOINT, "campus-forum", region=REGION))
     with pytest.raises(AssertionError, match=r"V4ClaimingStable\.stable is True.*stable = False"):
         check_signer(signer)
@@ -408,3 +417,19 @@ def test_signer_failing_when_the_clock_moves_fails() -> None:
         AssertionError, match=r"with the clock 3601 s later and the same expires_at, 3599 s ahead"
     ):
         check_signer(ReadsTheClock(), keys=["avatar.png"])
+
+
+def test_signer_that_ignores_signed_at_fails() -> None:
+    class V4SignedNow(OSSSigner):
+        def sign(self, object_key: str, *, expires_at: int, signed_at: int | None = None) -> str:
+            now = int(dt.datetime.now(dt.timezone.utc).timestamp())  # not the signed_at given
+            return super().sign(object_key, expires_at=expires_at, signed_at=now)
+
+    auth = oss2.make_auth(KEY_ID, KEY_SECRET, oss2.AUTH_VERSION_4)
+    signer = V4SignedNow(oss2.Bucket(auth, ENDPOINT, "campus-forum", region=REGION))
+    with pytest.raises(
+        AssertionError,
+        match=r"V4SignedNow\.takes_signed_at is True, but .*x-oss-date=\d{8}T\d{6}Z is not "
+        r"signed_at .*write signed_at as the signing time",
+    ):
+        check_signer(signer)
