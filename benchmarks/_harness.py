@@ -8,6 +8,7 @@ import random
 import statistics
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 perf_ns = time.perf_counter_ns
 
@@ -78,3 +79,31 @@ class Table:
         print("-" * len(line))
         for r in self.rows:
             print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+
+
+def floor_checks(
+    keys: list[str],
+    values: list[Any],
+    object_keys: list[str],
+    prefixes: list[str | None],
+    tag: str,
+    min_validity: int,
+) -> list[tuple[str, tuple[str, str, int]]]:
+    """The least an L1-cold page must check before serving a value, inlined in one loop:
+    signer tag, object key, both lifetimes and the URL prefix; returns the L1 items to fill.
+    Nothing else: no malformed values, counters or signals. ``tag`` is ``" <signer tag> "``."""
+    now = time.time()
+    served = []
+    for key, value, object_key, url_prefix in zip(keys, values, object_keys, prefixes, strict=True):
+        data = value.decode()
+        until = int(data[11:21])
+        if (
+            data.startswith(tag, 21)
+            and data.endswith(object_key)
+            and until > now
+            and int(data[:10]) - now >= min_validity
+        ):
+            url = data[31 : len(data) - len(object_key) - 1]
+            if url.startswith(url_prefix or ""):
+                served.append((key, (object_key, url, until)))
+    return served

@@ -21,17 +21,15 @@ import argparse
 import gc
 import os
 import pickle
-import random
-import statistics
 import sys
 import time
 import tracemalloc
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import oss2
 import redis
+from _harness import Case, Table, floor_checks, perf_ns, run_rounds
 from redis._parsers import _RESP2Parser
 from redis.utils import HIREDIS_AVAILABLE
 from sqlalchemy import String, create_engine, insert, select
@@ -48,7 +46,6 @@ URL_TTL = 14400
 CACHE_TTL = 2700
 PAGE = 100
 MEMORY_ENTRIES = 10_000
-perf_ns = time.perf_counter_ns
 
 
 # -- models: two bases on one table, so one SignedURLs can run with L1 and one without ----------
@@ -113,23 +110,6 @@ def make_plain_cache(url: str, prefix: str) -> tuple[Any, str]:
 
 
 # -- measuring ----------------------------------------------------------------------------------
-
-
-class Case:
-    """``run(n)`` returns the nanoseconds that n repetitions of the timed part took."""
-
-    def __init__(self, name: str, run: Callable[[int], int], n: int) -> None:
-        self.name = name
-        self.run = run
-        self.n = n
-        self.samples: list[float] = []
-
-    def sample(self) -> None:
-        self.samples.append(self.run(self.n) / self.n)
-
-    @property
-    def median_us(self) -> float:
-        return statistics.median(self.samples) / 1000.0
 
 
 def wait_live(urls: SignedURLs, obj: Any) -> None:
@@ -265,28 +245,16 @@ def main() -> int:
         for _ in range(n):
             urls.clear_local()
             t0 = perf_ns()
-            now = time.time()
             keys, object_keys = [], []
             for f in page:
                 d = f.__dict__
                 object_keys.append(d["object_key"])
                 keys.append(key_prefix + str(d["id"]))
-            served = []
             values = get_many(keys)
-            prefixes = url_prefixes(object_keys)
-            for value, object_key, url_prefix in zip(values, object_keys, prefixes, strict=True):
-                data = value.decode()
-                until = int(data[11:21])
-                if (
-                    data.startswith(tag, 21)
-                    and data.endswith(object_key)
-                    and until > now
-                    and int(data[:10]) - now >= min_validity
-                ):
-                    url = data[31 : len(data) - len(object_key) - 1]
-                    if url.startswith(url_prefix or ""):
-                        served.append((object_key, url, until))
-            l1.update(zip(keys, served, strict=True))
+            served = floor_checks(
+                keys, values, object_keys, url_prefixes(object_keys), tag, min_validity
+            )
+            l1.update(served)
             total += perf_ns() - t0
             assert len(served) == PAGE
         return total
@@ -387,19 +355,8 @@ def main() -> int:
             Case("sign_pipe", sign_and_pipeline, 1),
         ]
     }
-    order = list(cases.values())
-    for case in order:  # warm-up, not recorded
-        case.run(case.n)
-    # Keep the 20,000 ORM objects out of the cyclic collector's way while timing.
-    gc.collect()
-    gc.freeze()
-    started = time.monotonic()
-    for _ in range(args.rounds):
-        random.shuffle(order)
-        for case in order:
-            case.sample()
-    timing_s = time.monotonic() - started
-    gc.unfreeze()
+    # The 20,000 ORM objects stay out of the cyclic collector's way while timing.
+    m, timing_s = run_rounds(cases.values(), args.rounds)
 
     # -- L1 memory at 10,000 entries ----------------------------------------------------------
     urls.resolve(rows)  # Redis warm for all 10,000
@@ -420,18 +377,9 @@ def main() -> int:
     retained_bytes = filled - before
 
     # -- table --------------------------------------------------------------------------------
-    m = {name: case.median_us for name, case in cases.items()}
     sign_pipe = m["sign_pipe"]
-    rows_out: list[tuple[str, str, str, str, str]] = []
-
-    def row(label: str, value: str, ratio: str = "", target: str = "", verdict: str = "") -> None:
-        rows_out.append((label, value, ratio, target, verdict))
-
-    results: list[bool] = []
-
-    def check(ok: bool) -> str:
-        results.append(ok)
-        return "PASS" if ok else "FAIL"
+    table = Table()
+    row, check = table.row, table.check
 
     row("baseline: oss2 V1 sign_url", f"{m['v1']:.2f} us")
     row("baseline: oss2 V4 sign_url", f"{m['v4']:.2f} us", f"{m['v4'] / m['v1']:.1f}x V1")
@@ -513,11 +461,6 @@ def main() -> int:
         check(l1_bytes <= 5e6 and entries == MEMORY_ENTRIES),
     )
 
-    widths = [
-        max(len(r[i]) for r in [*rows_out, ("case", "median", "ratio", "target", "")])
-        for i in range(5)
-    ]
-    header = ("case", "median", "ratio", "target", "result")
     print(
         f"sqla_signed_urls fast path: {args.rounds} interleaved rounds in {timing_s:.0f} s, "
         f"Redis {raw.info('server')['redis_version']} at {args.redis_url}, Python "
@@ -528,11 +471,7 @@ def main() -> int:
         f"L1 retained after filling {entries:,} entries: {retained_bytes / 1e6:.2f} MB; "
         "freed by clear_local(): the L1 row below"
     )
-    line = "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
-    print(line)
-    print("-" * len(line))
-    for r in rows_out:
-        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+    table.print()
 
     # -- clean up -----------------------------------------------------------------------------
     urls.uninstall()
@@ -549,7 +488,7 @@ def main() -> int:
         found = list(raw.scan_iter(match=pattern + "*", count=1000))
         for i in range(0, len(found), 1000):
             raw.unlink(*found[i : i + 1000])
-    return 0 if all(results) else 1
+    return 0 if table.passed else 1
 
 
 if __name__ == "__main__":
