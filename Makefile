@@ -30,3 +30,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_refresh.py
 	$(PY) benchmarks/bench_async.py
 	$(PY) benchmarks/bench_prefetch.py
+	$(PY) benchmarks/bench_signers.py

@@ -173,6 +173,7 @@ class SignedURLs:
                 f"{signer.max_url_ttl} seconds; lower url_ttl (FILE_URL_EXPIRES)"
             )
         self.signer = signer
+        self._takes_signed_at = bool(signer.takes_signed_at)
         self._tag = signer_tag(signer.name)
         self.stats = Stats()
         if store is not None:
@@ -685,22 +686,27 @@ class SignedURLs:
         now_i = int(_time() if now is None else now)
         return (now_i + self.settings.url_ttl) // self._window * self._window
 
-    def _signing_times(self, now_i: int) -> dict[str, int]:
-        """``sign()``'s time arguments for a URL signed at ``now_i``: the windowed expiry, and
-        for a signer that takes it the window's start as the signing time (never more than
-        ``max_url_ttl`` before the expiry), so one window's URLs are the same everywhere."""
-        expires_at = self.expires_at(now_i)
-        if not self.signer.takes_signed_at:
-            return {"expires_at": expires_at}
+    def _signed_at(self, now_i: int, expires_at: int) -> int | None:
+        """The signing time for a signer that takes one (``None`` for the others): the start
+        of the window ``now_i`` falls in, never more than ``max_url_ttl`` before the expiry,
+        so one window's URLs are the same in every process."""
+        if not self._takes_signed_at:
+            return None
         signed_at = now_i // self._window * self._window
         limit = self.signer.max_url_ttl
         if limit is not None and expires_at - signed_at > limit:
             signed_at = expires_at - limit
-        return {"expires_at": expires_at, "signed_at": signed_at}
+        return signed_at
 
     def _sign_uncached(self, spec: URLSpec, obj: Any, object_key: str) -> str | None:
+        now_i = int(_time())
+        expires_at = self.expires_at(now_i)
+        signed_at = self._signed_at(now_i, expires_at)
+        sign: Any = self.signer.sign
         try:
-            return self.signer.sign(object_key, **self._signing_times(int(_time())))
+            if signed_at is None:
+                return str(sign(object_key, expires_at=expires_at))
+            return str(sign(object_key, expires_at=expires_at, signed_at=signed_at))
         except Exception as exc:
             self._sign_failed(spec, None, obj, exc)
             return None
@@ -722,8 +728,9 @@ class SignedURLs:
         signs through it too (``spec`` is ``None`` for a key of no installed class).
         """
         now_i = int(_time())
-        times = self._signing_times(now_i)
-        expires_at = times["expires_at"]
+        expires_at = self.expires_at(now_i)
+        signed_at = self._signed_at(now_i, expires_at)
+        sign: Any = self.signer.sign  # signed_at only for signers that take it
         base_ttl = expires_at - self._min_validity - now_i
         out: dict[str, str | None] = {}
         done: list[str] = []
@@ -733,7 +740,10 @@ class SignedURLs:
             if info:
                 log.info("Generating new signed URL for file %s (%s)", _ident(key, spec), reason)
             try:
-                url = self.signer.sign(object_key, **times)
+                if signed_at is None:
+                    url = sign(object_key, expires_at=expires_at)
+                else:
+                    url = sign(object_key, expires_at=expires_at, signed_at=signed_at)
             except Exception as exc:
                 self._sign_failed(spec, key, None, exc)
                 out[key] = None
