@@ -29,7 +29,7 @@ from .exceptions import (
     SignedURLError,
     SigningError,
 )
-from .types import ObjectKey
+from .types import ObjectKey, Variant
 
 if TYPE_CHECKING:
     from .service import CacheService
@@ -45,6 +45,7 @@ __all__ = [
     "SignedURLs",
     "SigningError",
     "Stats",
+    "Variant",
     "__version__",
     "signals",
 ]

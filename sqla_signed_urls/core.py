@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.util import concurrency as _concurrency
 
 from . import signals
-from ._keys import URLSpec
+from ._keys import EXTRAS, URLSpec, bare_key, split_match_key
 from .cache.base import (
     AsyncSharedStore,
     Servable,
@@ -50,6 +50,10 @@ log = logging.getLogger("sqla_signed_urls")
 _DEBUG = logging.DEBUG
 _time = time.time
 _MISSING: Any = object()
+#: The extra parameters of a match key that are response headers (the rest are signed as is).
+_RESPONSE_HEADERS = frozenset({"response-content-disposition", "response-content-type"})
+
+
 #: Seconds a concurrent miss waits for the signing already under way before signing itself.
 _FLIGHT_WAIT = 10.0
 #: A queued cache write: key, encoded value, TTL, end of cache lifetime, id for the log line.
@@ -83,11 +87,18 @@ class _Page:
     repeats are answered from the first afterwards (:meth:`disagreeing`).
     """
 
-    __slots__ = ("indexes", "keys", "object_keys", "repeats", "specs")
+    __slots__ = ("indexes", "keys", "object_keys", "repeats", "shaped", "specs")
 
     def __init__(
-        self, keys: list[str], object_keys: list[str], indexes: list[int], specs: list[URLSpec]
+        self,
+        keys: list[str],
+        object_keys: list[str],
+        indexes: list[int],
+        specs: list[URLSpec],
+        shaped: bool = False,
     ) -> None:
+        #: Whether some object keys are match keys with extra parameters (variants, names).
+        self.shaped = shaped
         self.repeats: list[tuple[int, int, URLSpec, bool]] = []
         if len(set(keys)) != len(keys):
             first: dict[str, int] = {}
@@ -327,14 +338,28 @@ class SignedURLs:
         """Undo :meth:`install` for ``target`` (every target when ``None``)."""
         self._installation.remove(target)
 
-    def _spec(self, cls: type, attr: str) -> URLSpec:
-        spec = self._installation.specs.get(cls, {}).get(attr)
+    def _spec(self, cls: type, attr: str, variant: str | None = None) -> URLSpec:
+        specs = self._installation.specs.get(cls, {})
+        spec = specs.get(attr)
         if spec is None:
             raise ConfigurationError(
                 f"{cls.__name__}.{attr} is not a signed-URL attribute: give the class an "
                 "ObjectKey column and cover it with SignedURLs.install()"
             )
-        return spec
+        if variant is None:
+            return spec
+        for other in specs.values():
+            if other.variant == variant and other.column == spec.column:
+                return other
+        names = sorted(o.variant for o in specs.values() if o.variant and o.column == spec.column)
+        raise ConfigurationError(
+            f"{cls.__name__}.{attr} has no variant {variant!r}"
+            + (
+                f" (its variants: {', '.join(names)})"
+                if names
+                else "; declare it with ObjectKey(variants={...})"
+            )
+        )
 
     def url_spec(self, cls: type, attr: str = "url") -> URLSpec:
         """What ``install()`` recorded for ``cls.<attr>`` (column, key prefix, primary key);
@@ -351,9 +376,10 @@ class SignedURLs:
 
     # -- reading ----------------------------------------------------------------------------
 
-    def url_for(self, obj: Any, attr: str = "url") -> str | None:
-        """What ``obj.<attr>`` returns: a signed URL, or ``None`` for an empty object key."""
-        return self._url(obj, self._spec(type(obj), attr))
+    def url_for(self, obj: Any, attr: str = "url", *, variant: str | None = None) -> str | None:
+        """What ``obj.<attr>`` returns: a signed URL, or ``None`` for an empty object key.
+        ``variant`` names one of the column's :class:`~sqla_signed_urls.Variant` URLs."""
+        return self._url(obj, self._spec(type(obj), attr, variant))
 
     def _url(self, obj: Any, spec: URLSpec) -> str | None:
         try:
@@ -362,8 +388,12 @@ class SignedURLs:
             object_key = getattr(obj, spec.column)
         if not object_key:
             return None
+        if spec.shape is not None:  # a variant, a download name: part of what is matched
+            object_key = spec.match_key(obj, object_key)
+            if object_key is None:
+                return self._shape_failed(spec, obj)
         pk = obj.__dict__.get(spec.pk_attrs[0]) if len(spec.pk_attrs) == 1 else None
-        key = spec.prefix + str(pk) if type(pk) is int else spec.key_for(obj)
+        key = spec.prefix + str(pk) + spec.suffix if type(pk) is int else spec.key_for(obj)
         if key is None:  # not flushed yet: nothing to cache it under
             return self._sign_uncached(spec, obj, object_key)
         local = self.local
@@ -383,7 +413,7 @@ class SignedURLs:
         raws = self._guard.get_many([key])
         if raws is not None:
             entry = match_entry(raws[0], self._tag, object_key, _time(), self._min_validity)
-            if entry is not None and self.signer.url_is_for(entry[1], object_key):
+            if entry is not None and self.signer.url_is_for(entry[1], bare_key(object_key)):
                 self._remember([(key, entry)])
                 self._count_hit(spec, key)
                 return entry[1]
@@ -411,15 +441,21 @@ class SignedURLs:
                     del self._flights[key]
         return flight.url
 
-    async def aurl_for(self, obj: Any, attr: str = "url") -> str | None:
+    async def aurl_for(
+        self, obj: Any, attr: str = "url", *, variant: str | None = None
+    ) -> str | None:
         """:meth:`url_for` for async code: L1, then one awaited ``GET``, then sign and write.
         ``await obj.awaitable_attrs.url`` (SQLAlchemy's ``AsyncAttrs``) does the same."""
-        return await self._aurl(obj, self._spec(type(obj), attr))
+        return await self._aurl(obj, self._spec(type(obj), attr, variant))
 
     async def _aurl(self, obj: Any, spec: URLSpec) -> str | None:
         object_key = getattr(obj, spec.column)
         if not object_key:
             return None
+        if spec.shape is not None:
+            object_key = spec.match_key(obj, object_key)
+            if object_key is None:
+                return self._shape_failed(spec, obj)
         key = spec.key_for(obj)
         if key is None:  # not flushed yet: nothing to cache it under
             return self._sign_uncached(spec, obj, object_key)
@@ -436,7 +472,7 @@ class SignedURLs:
         raws = await self._guard.acall(astore.get_many, [key])
         if raws is not None:
             entry = match_entry(raws[0], self._tag, object_key, _time(), self._min_validity)
-            if entry is not None and self.signer.url_is_for(entry[1], object_key):
+            if entry is not None and self.signer.url_is_for(entry[1], bare_key(object_key)):
                 self._remember([(key, entry)])
                 self._count_hit(spec, key)
                 return entry[1]
@@ -477,17 +513,21 @@ class SignedURLs:
             writes, self._scheduled = self._scheduled, []
             await self._awrite(writes)
 
-    def resolve(self, objects: Iterable[Any], attr: str = "url") -> list[str | None]:
+    def resolve(
+        self, objects: Iterable[Any], attr: str = "url", *, variant: str | None = None
+    ) -> list[str | None]:
         """URLs for many objects in input order: in-process layer first, then ONE ``MGET``
         for the rest, then at most one pipelined write for what had to be signed.
 
-        Objects of different mapped classes may be mixed::
+        Objects of different mapped classes may be mixed; ``variant`` reads one of the
+        column's :class:`~sqla_signed_urls.Variant` URLs instead::
 
             for post, url in zip(posts, urls.resolve(posts)): ...
+            thumbs = urls.resolve(images, variant="thumb")
         """
         objects = objects if isinstance(objects, list) else list(objects)
         results: list[str | None] = [None] * len(objects)
-        page = self._resolve_local(objects, attr, results)
+        page = self._resolve_local(objects, attr, results, variant=variant)
         if page is not None:
             raws = self._guard.get_many(page.keys)
             writes = self._serve(page, raws, results)
@@ -497,7 +537,9 @@ class SignedURLs:
                 results[i] = self._url(objects[i], spec)
         return results
 
-    async def aresolve(self, objects: Iterable[Any], attr: str = "url") -> list[str | None]:
+    async def aresolve(
+        self, objects: Iterable[Any], attr: str = "url", *, variant: str | None = None
+    ) -> list[str | None]:
         """:meth:`resolve` for async code: the same rules and results, with the Redis read (ONE
         ``MGET``) and the write (at most one pipeline) awaited on a ``redis.asyncio`` client::
 
@@ -506,7 +548,7 @@ class SignedURLs:
         """
         objects = objects if isinstance(objects, list) else list(objects)
         results: list[str | None] = [None] * len(objects)
-        page = self._resolve_local(objects, attr, results)
+        page = self._resolve_local(objects, attr, results, variant=variant)
         if page is not None:
             astore = self.async_store
             raws = await self._guard.acall(astore.get_many, page.keys)
@@ -518,7 +560,12 @@ class SignedURLs:
         return results
 
     def _resolve_local(
-        self, objects: list[Any], attr: str, results: list[str | None], count: bool = True
+        self,
+        objects: list[Any],
+        attr: str,
+        results: list[str | None],
+        count: bool = True,
+        variant: str | None = None,
     ) -> _Page | None:
         """Answer what the in-process layer (or an empty key) can; return the rest."""
         # What the in-process layer did not answer, as parallel lists in input order: the
@@ -534,11 +581,14 @@ class SignedURLs:
         hit_count = 0
         now = _time()
         cls: type | None = None
+        shaped = False
         for i, obj in enumerate(objects):
             if type(obj) is not cls:  # once per run of one class, not once per row
                 cls = type(obj)
-                spec = self._spec(cls, attr)
+                spec = self._spec(cls, attr, variant)
                 column, key_for, prefix = spec.column, spec.key_for, spec.prefix
+                suffix, shape = spec.suffix, spec.shape
+                shaped = shaped or shape is not None
                 pk_name = spec.pk_attrs[0] if len(spec.pk_attrs) == 1 else None
             d = obj.__dict__
             object_key = d.get(column, _MISSING)
@@ -546,8 +596,13 @@ class SignedURLs:
                 object_key = getattr(obj, column)
             if not object_key:
                 continue
+            if shape is not None:
+                object_key = spec.match_key(obj, object_key)
+                if object_key is None:
+                    results[i] = self._shape_failed(spec, obj)
+                    continue
             pk = d.get(pk_name) if pk_name is not None else None
-            key = prefix + str(pk) if type(pk) is int else key_for(obj)
+            key = prefix + str(pk) + suffix if type(pk) is int else key_for(obj)
             if key is None:
                 results[i] = self._sign_uncached(spec, obj, object_key)
                 continue
@@ -565,7 +620,7 @@ class SignedURLs:
             specs.append(spec)
         if count:
             self._count_hits(hit_count, hits)
-        return _Page(keys, object_keys, indexes, specs) if keys else None
+        return _Page(keys, object_keys, indexes, specs, shaped) if keys else None
 
     # -- prefetching (the query option) -----------------------------------------------------
 
@@ -603,6 +658,7 @@ class SignedURLs:
         object_keys: list[str] = []
         indexes: list[int] = []
         page_specs: list[URLSpec] = []
+        shaped = False
         for attr in attrs:
             objs = [obj for obj in objects if attr in specs.get(type(obj), ())]
             if not objs:
@@ -615,8 +671,9 @@ class SignedURLs:
                 object_keys += page.object_keys
                 indexes += [i + offset for i in page.indexes]
                 page_specs += page.specs
+                shaped = shaped or page.shaped
             results += part
-        page = _Page(keys, object_keys, indexes, page_specs) if keys else None
+        page = _Page(keys, object_keys, indexes, page_specs, shaped) if keys else None
         return page, results
 
     def _prefetch(self, objects: list[Any], attrs: tuple[str, ...]) -> None:
@@ -647,7 +704,9 @@ class SignedURLs:
         if raws:
             entries = match_entries(raws, self._tag, object_keys, _time(), self._min_validity)
             # Prefixes for the whole page at once: a batch is cheaper than a key at a time.
-            prefixes = self.signer.url_prefixes(object_keys)
+            prefixes = self.signer.url_prefixes(
+                [bare_key(k) for k in object_keys] if page.shaped else object_keys
+            )
             rows = zip(keys, entries, prefixes, strict=True)
             for pos, (key, entry, prefix) in enumerate(rows):
                 if entry is None or (prefix is not None and not entry[1].startswith(prefix)):
@@ -701,15 +760,44 @@ class SignedURLs:
     def _sign_uncached(self, spec: URLSpec, obj: Any, object_key: str) -> str | None:
         now_i = int(_time())
         expires_at = self.expires_at(now_i)
-        signed_at = self._signed_at(now_i, expires_at)
-        sign: Any = self.signer.sign
         try:
-            if signed_at is None:
-                return str(sign(object_key, expires_at=expires_at))
-            return str(sign(object_key, expires_at=expires_at, signed_at=signed_at))
+            return self._sign_one(object_key, expires_at, self._signed_at(now_i, expires_at))
         except Exception as exc:
             self._sign_failed(spec, None, obj, exc)
             return None
+
+    def _sign_one(self, object_key: str, expires_at: int, signed_at: int | None) -> str:
+        """Sign one match key: a plain object key through ``sign()``; one with extra
+        parameters (a variant's, a download name's) through ``sign_with()``."""
+        sign: Any = self.signer.sign  # signed_at only for signers that take it
+        if EXTRAS not in object_key:
+            if signed_at is None:
+                return str(sign(object_key, expires_at=expires_at))
+            return str(sign(object_key, expires_at=expires_at, signed_at=signed_at))
+        bare, pairs = split_match_key(object_key)
+        headers = dict(pairs)
+        params = [(k, v) for k, v in pairs if k not in _RESPONSE_HEADERS]
+        return str(
+            self.signer.sign_with(
+                bare,
+                expires_at=expires_at,
+                signed_at=signed_at,
+                response_content_disposition=headers.get("response-content-disposition"),
+                response_content_type=headers.get("response-content-type"),
+                params=params,
+            )
+        )
+
+    def _shape_failed(self, spec: URLSpec, obj: Any) -> str | None:
+        """A variant's ``key`` or a download-name callable raised or gave no usable key:
+        counted and logged as a signing failure; the URL is ``None``."""
+        self._sign_failed(
+            spec,
+            spec.key_for(obj),
+            obj,
+            SigningError(f"{spec.cls.__name__}.{spec.attr}: its variant key or name failed"),
+        )
+        return None
 
     def _sign(
         self,
@@ -730,7 +818,7 @@ class SignedURLs:
         now_i = int(_time())
         expires_at = self.expires_at(now_i)
         signed_at = self._signed_at(now_i, expires_at)
-        sign: Any = self.signer.sign  # signed_at only for signers that take it
+        sign_one = self._sign_one
         base_ttl = expires_at - self._min_validity - now_i
         out: dict[str, str | None] = {}
         done: list[str] = []
@@ -740,10 +828,7 @@ class SignedURLs:
             if info:
                 log.info("Generating new signed URL for file %s (%s)", _ident(key, spec), reason)
             try:
-                if signed_at is None:
-                    url = sign(object_key, expires_at=expires_at)
-                else:
-                    url = sign(object_key, expires_at=expires_at, signed_at=signed_at)
+                url = sign_one(object_key, expires_at, signed_at)
             except Exception as exc:
                 self._sign_failed(spec, key, None, exc)
                 out[key] = None

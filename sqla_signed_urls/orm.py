@@ -16,7 +16,7 @@ from sqlalchemy import event, inspect, select
 from sqlalchemy.engine import ChunkedIteratorResult, Result, Row
 from sqlalchemy.orm import Mapper, ORMExecuteState, Session, UserDefinedOption, registry
 
-from ._keys import URLSpec
+from ._keys import Shape, URLSpec
 from .exceptions import ConfigurationError
 from .types import ObjectKey
 
@@ -217,15 +217,46 @@ class Installation:
                     f"{prop.key!r} with ObjectKey(url_attr=...)"
                 )
             namespace = kind.key_namespace
-            specs[attr] = URLSpec(
-                cls=cls,
-                attr=attr,
-                column=prop.key,
-                column_names=frozenset({prop.key, column.key, column.name}),
-                pk_attrs=pk_attrs,
-                prefix=f"{prefix}{namespace}:" if namespace else prefix,
-                owner=owner,
+            watch = tuple(
+                source
+                for source in (kind.download_name, kind.content_type)
+                if isinstance(source, str)
             )
+            shape = None
+            if kind.download_name is not None or kind.content_type is not None:
+                shape = Shape(
+                    name_source=kind.download_name,
+                    type_source=kind.content_type,
+                    disposition=kind.disposition,
+                )
+            base: dict[str, Any] = {
+                "cls": cls,
+                "column": prop.key,
+                "column_names": frozenset({prop.key, column.key, column.name, *watch}),
+                "pk_attrs": pk_attrs,
+                "prefix": f"{prefix}{namespace}:" if namespace else prefix,
+                "owner": owner,
+            }
+            specs[attr] = URLSpec(attr=attr, shape=shape, watch=watch, **base)
+            for name, variant in kind.variants:
+                variant_attr = variant.attr or f"{name}_url"
+                if variant_attr in specs:
+                    raise ConfigurationError(
+                        f"{cls.__name__}: the variant {name!r} of {prop.key!r} would be "
+                        f"{variant_attr!r}, which another URL attribute uses; give it "
+                        "Variant(..., attr=...)"
+                    )
+                variant_shape = Shape(key_map=variant.key, params=variant.params)
+                specs[variant_attr] = URLSpec(
+                    attr=variant_attr, variant=name, shape=variant_shape, **base
+                )
+        for attr in specs:
+            existing = getattr(cls, attr, None)
+            if existing is not None and not isinstance(existing, URLAttribute):
+                raise ConfigurationError(
+                    f"{cls.__name__}.{attr} already exists; name the URL attribute with "
+                    "ObjectKey(url_attr=...) or Variant(attr=...)"
+                )
         if not specs:
             return
         for attr, spec in specs.items():
@@ -316,7 +347,7 @@ class Installation:
         state = inspect(obj)
         for spec in specs:
             changed = state.attrs[spec.column].history.has_changes() or any(
-                state.attrs[name].history.has_changes() for name in spec.pk_attrs
+                state.attrs[name].history.has_changes() for name in (*spec.pk_attrs, *spec.watch)
             )
             if changed:
                 self._old_key(obj, spec, found)

@@ -21,7 +21,7 @@ from sqlalchemy import Select, func, inspect, select
 from sqlalchemy.orm import Mapper, Session, scoped_session
 
 from . import signals
-from ._keys import pk_part
+from ._keys import bare_key, pk_part
 from .cache.base import (
     AsyncSharedStore,
     SharedStore,
@@ -147,29 +147,38 @@ class CacheService:
         in-process layer. ``file_id`` is the primary key (a tuple for composite keys).
         Returns the number of Redis keys removed.
         """
-        key = None if file_id is None else self._key_for_id(file_id)
-        return self._cleared(self._drive(self._clear_steps(key)), file_id, key)
+        keys = None if file_id is None else self._keys_for_id(file_id)
+        return self._cleared(self._drive(self._clear_steps(keys)), file_id, keys)
 
     async def aclear_file_url_cache(self, file_id: Any = None) -> int:
         """:meth:`clear_file_url_cache` for async apps, through ``urls.async_store``."""
-        key = None if file_id is None else self._key_for_id(file_id)
-        return self._cleared(await self._adrive(self._clear_steps(key)), file_id, key)
+        keys = None if file_id is None else self._keys_for_id(file_id)
+        return self._cleared(await self._adrive(self._clear_steps(keys)), file_id, keys)
 
-    def _clear_steps(self, key: str | None) -> _Steps[int]:
-        doing = "clearing the cache" if key is None else f"clearing {key}"
-        if key is None:
+    def _clear_steps(self, keys: list[str] | None) -> _Steps[int]:
+        doing = "clearing the cache" if keys is None else f"clearing {keys[0]}"
+        if keys is None:
             removed = yield (doing, "clear", ())
         else:
-            removed = yield (doing, "delete_many", ([key],))
-        yield (doing, "publish", (key or "*",))
+            removed = yield (doing, "delete_many", (keys,))
+        yield (doing, "publish", ("\n".join(keys) if keys else "*",))
         return int(removed)
 
-    def _cleared(self, removed: int, file_id: Any, key: str | None) -> int:
-        self.urls.clear_local(None if key is None else [key])
+    def _cleared(self, removed: int, file_id: Any, keys: list[str] | None) -> int:
+        self.urls.clear_local(keys)
         suffix = "" if file_id is None else f" for file {file_id}"
         log.info("Cleared %d cached URL(s)%s", removed, suffix)
         signals.cache_cleared.send(self, count=removed, file_id=file_id)
         return removed
+
+    def _keys_for_id(self, file_id: Any) -> list[str]:
+        """The keys of one file: its URL's, and its variants'."""
+        key = self._key_for_id(file_id)
+        spec = self._spec_or_none()
+        if spec is None:
+            return [key]
+        pk = file_id if isinstance(file_id, tuple) else (file_id,)
+        return [key] + [variant.key_for_pk(pk) for variant in self._warm_group(spec)[1:]]
 
     def _key_for_id(self, file_id: Any) -> str:
         if isinstance(file_id, bool) or not isinstance(file_id, (int, str, uuid.UUID, tuple)):
@@ -294,7 +303,13 @@ class CacheService:
         columns = mapper.column_attrs
         object_key = getattr(model, spec.column)
         pk = [getattr(model, name) for name in spec.pk_attrs]
-        statement = select(*pk, object_key).where(object_key.is_not(None), object_key != "")
+        if any(s.shape is not None for s in self._warm_group(spec)):
+            # Variants and download names are made from the whole row: load the objects
+            # (streamed all the same), and never prefetch them as a page.
+            statement = select(model).execution_options(prefetch_urls=False)
+        else:
+            statement = select(*pk, object_key)
+        statement = statement.where(object_key.is_not(None), object_key != "")
         if file_type is not None:
             if "file_type" not in columns:
                 raise ConfigurationError(
@@ -327,12 +342,29 @@ class CacheService:
             progress(len(rows))
         return warmed
 
+    def _warm_group(self, spec: URLSpec) -> list[URLSpec]:
+        """``spec`` and the variants of its column: what a warm caches for each row."""
+        return [spec] + [
+            other
+            for other in self.urls._installation.specs.get(spec.cls, {}).values()
+            if other.variant is not None and other.column == spec.column
+        ]
+
     def _warm_batch(self, spec: URLSpec, rows: Sequence[Any]) -> _Steps[int]:
         items: list[tuple[str, str]] = []
+        group = self._warm_group(spec)
         for row in rows:
-            *pk, object_key = row
-            if object_key:
-                items.append((spec.key_for_pk(pk), object_key))
+            if len(group) == 1 and spec.shape is None:
+                *pk, object_key = row
+                if object_key:
+                    items.append((spec.key_for_pk(pk), object_key))
+                continue
+            obj = row[0]
+            object_key = getattr(obj, spec.column)
+            for member in group if object_key else ():
+                match_key, key = member.match_key(obj, object_key), member.key_for(obj)
+                if match_key is not None and key is not None:
+                    items.append((key, match_key))
         if not items:
             return 0
         raws = yield ("warming the cache", "get_many", ([key for key, _ in items],))
@@ -341,7 +373,7 @@ class CacheService:
         to_sign: list[tuple[str, str]] = []
         for item, raw in zip(items, raws, strict=True):
             entry = match_entry(raw, tag, item[1], now, min_validity)
-            if entry is None or not self.urls.signer.url_is_for(entry[1], item[1]):
+            if entry is None or not self.urls.signer.url_is_for(entry[1], bare_key(item[1])):
                 to_sign.append(item)
         writes = self._sign(to_sign, {key: spec for key, _ in to_sign}, reason="warm")
         if writes:
@@ -499,7 +531,7 @@ class CacheService:
                 gone.append(key)  # expired, deleted, or not one of ours
                 continue
             ours = value.tag == self._tag
-            if ours and not self.urls.signer.url_is_for(value.url, value.object_key):
+            if ours and not self.urls.signer.url_is_for(value.url, bare_key(value.object_key)):
                 if can_sign:  # not a URL this signer makes for the key: never extend it
                     to_sign.append((key, value.object_key))
                 continue

@@ -6,7 +6,10 @@ import abc
 import re
 import string
 from collections.abc import Sequence
+from typing import Any
 from urllib.parse import quote
+
+from ..exceptions import SigningError
 
 __all__ = ["Signer"]
 
@@ -73,6 +76,35 @@ class Signer(abc.ABC):
         Raise :class:`~sqla_signed_urls.exceptions.SigningError` when the key cannot be signed.
         A signer with :attr:`takes_signed_at` accepts ``signed_at: int | None = None`` too.
         """
+
+    def sign_with(
+        self,
+        object_key: str,
+        *,
+        expires_at: int,
+        signed_at: int | None = None,
+        response_content_disposition: str | None = None,
+        response_content_type: str | None = None,
+        params: Sequence[tuple[str, str]] = (),
+    ) -> str:
+        """:meth:`sign`, with response headers for the store to answer with
+        (``response-content-disposition``, ``response-content-type``) and extra query
+        parameters (an image variant's processing) signed into the URL.
+
+        ``SignedURLs`` calls it for ``ObjectKey(download_name=..., content_type=...,
+        variants=...)``. This default signs a plain URL and raises ``SigningError`` when asked
+        for more; ``OSSSigner``, ``S3Signer`` and ``LocalSigner`` override it.
+        """
+        if response_content_disposition or response_content_type or params:
+            raise SigningError(
+                f"{type(self).__name__} cannot sign response headers or parameters into its "
+                "URLs (download names, variants): use OSSSigner, S3Signer or LocalSigner, or "
+                "override Signer.sign_with"
+            )
+        sign: Any = self.sign
+        if self.takes_signed_at:
+            return str(sign(object_key, expires_at=expires_at, signed_at=signed_at))
+        return str(sign(object_key, expires_at=expires_at))
 
     def url_prefix(self, object_key: str) -> str | None:
         """How every URL this signer makes for ``object_key`` begins (scheme, host, path and

@@ -7,12 +7,13 @@ import hashlib
 import hmac
 import time
 from collections.abc import Sequence
-from urllib.parse import parse_qs, unquote, urlsplit
+from typing import NamedTuple
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from ..exceptions import ConfigurationError, SignatureError, SigningError
 from .base import Signer, quote_key, quote_keys
 
-__all__ = ["LocalSigner"]
+__all__ = ["LocalSigner", "VerifiedURL"]
 
 
 def check_object_key(object_key: str) -> None:
@@ -30,6 +31,14 @@ def check_object_key(object_key: str) -> None:
             "object key has an empty, '.' or '..' path segment "
             "(browsers would rewrite the URL path)"
         )
+
+
+class VerifiedURL(NamedTuple):
+    """What :meth:`LocalSigner.verified` found in a valid URL."""
+
+    object_key: str
+    #: The signed parameters besides the expiry (response headers, a variant's parameters).
+    params: dict[str, str]
 
 
 class LocalSigner(Signer):
@@ -65,8 +74,10 @@ class LocalSigner(Signer):
     def __repr__(self) -> str:
         return f"LocalSigner(base_url={self.base_url!r})"
 
-    def _signature(self, object_key: str, expires_at: int) -> str:
+    def _signature(self, object_key: str, expires_at: int, extra: str = "") -> str:
         message = f"{object_key}\n{expires_at}".encode()
+        if extra:
+            message += b"\n" + extra.encode()
         digest = hmac.new(self._secret, message, hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
@@ -84,25 +95,70 @@ class LocalSigner(Signer):
             f"?expires={expires_at}&signature={signature}"
         )
 
+    def sign_with(
+        self,
+        object_key: str,
+        *,
+        expires_at: int,
+        signed_at: int | None = None,
+        response_content_disposition: str | None = None,
+        response_content_type: str | None = None,
+        params: Sequence[tuple[str, str]] = (),
+    ) -> str:
+        """:meth:`sign`, with the response headers to serve the file with and extra
+        parameters signed into the URL; :meth:`verified` gives them back to the app that
+        serves it (which should set ``Content-Disposition`` and ``Content-Type`` from them)."""
+        pairs = [
+            (name, value)
+            for name, value in (
+                ("response-content-disposition", response_content_disposition),
+                ("response-content-type", response_content_type),
+                *params,
+            )
+            if value is not None
+        ]
+        if not pairs:
+            return self.sign(object_key, expires_at=expires_at)
+        check_object_key(object_key)
+        for name, value in pairs:
+            if name in ("expires", "signature") or not isinstance(value, str):
+                raise SigningError(f"URL parameter {name!r} cannot be signed by LocalSigner")
+        extra = urlencode(pairs)
+        signature = self._signature(object_key, expires_at, extra)
+        return (
+            f"{self.base_url}/{quote_key(object_key, safe='/')}"
+            f"?{extra}&expires={expires_at}&signature={signature}"
+        )
+
     def verify(self, url: str, *, now: float | None = None) -> str:
         """Return the object key of a URL this signer made, or raise ``SignatureError``.
 
         ``url`` may be absolute or just the path and query (as a web framework sees it).
+        """
+        return self.verified(url, now=now).object_key
+
+    def verified(self, url: str, *, now: float | None = None) -> VerifiedURL:
+        """:meth:`verify`, also giving the signed parameters (``response-content-disposition``
+        and ``response-content-type`` to answer with, a variant's parameters)::
+
+            found = signer.verified(request.full_path)
+            headers = {"Content-Disposition": found.params.get("response-content-disposition")}
         """
         parts = urlsplit(url)
         prefix = self._base_path + "/"
         if not parts.path.startswith(prefix):
             raise SignatureError(f"URL path is not under {self._base_path or '/'}")
         object_key = unquote(parts.path[len(prefix) :], errors="strict")
-        query = parse_qs(parts.query, keep_blank_values=True)
-        expires = query.get("expires", [])
-        signature = query.get("signature", [])
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        expires = [v for k, v in pairs if k == "expires"]
+        signature = [v for k, v in pairs if k == "signature"]
         if len(expires) != 1 or len(signature) != 1 or not expires[0].isdigit():
             raise SignatureError("URL lacks a single 'expires' and 'signature'")
+        extras = [(k, v) for k, v in pairs if k not in ("expires", "signature")]
         expires_at = int(expires[0])
-        expected = self._signature(object_key, expires_at)
+        expected = self._signature(object_key, expires_at, urlencode(extras))
         if not hmac.compare_digest(expected.encode(), signature[0].encode()):
             raise SignatureError("signature does not match")
         if expires_at <= (time.time() if now is None else now):
             raise SignatureError("URL has expired")
-        return object_key
+        return VerifiedURL(object_key, dict(extras))

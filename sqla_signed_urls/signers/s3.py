@@ -187,9 +187,12 @@ class S3Signer(Signer):
         signed_at: int | None = None,
         response_content_disposition: str | None = None,
         response_content_type: str | None = None,
+        params: Sequence[tuple[str, str]] = (),
     ) -> str:
         """:meth:`sign`, asking S3 to answer with these ``Content-Disposition`` and
-        ``Content-Type`` headers (``response-content-*`` parameters, signed into the URL)."""
+        ``Content-Type`` headers (``response-content-*`` parameters, signed into the URL),
+        and with extra query parameters signed in too (for an image proxy in front of the
+        bucket that reads them: S3 itself ignores parameters it does not know)."""
         path = _checked_path(object_key)
         stamp, lifetime = self._times.resolve(expires_at, signed_at)
         creds = self._creds
@@ -201,7 +204,23 @@ class S3Signer(Signer):
             f"X-Amz-Algorithm={_ALGORITHM}&X-Amz-Credential={access_q}%2F{date}"
             f"{self._credential_tail}&X-Amz-Date={stamp}&X-Amz-Expires={lifetime}"
         )
-        if response_content_disposition is None and response_content_type is None:
+        if params:
+            # Any names: the canonical query is every parameter sorted by name, then value.
+            named = [
+                (_param(name), _param(value))
+                for name, value in (
+                    ("response-content-disposition", response_content_disposition),
+                    ("response-content-type", response_content_type),
+                    *params,
+                )
+                if value is not None
+            ]
+            extra = "&".join(f"{name}={value}" for name, value in named)
+            url_query = f"{extra}&{auth}&X-Amz-SignedHeaders=host{token_param}"
+            signed = f"{auth}{token_param}&X-Amz-SignedHeaders=host"
+            named += [tuple(part.split("=", 1)) for part in signed.split("&")]  # type: ignore[misc]
+            canonical_query = "&".join(f"{name}={value}" for name, value in sorted(named))
+        elif response_content_disposition is None and response_content_type is None:
             url_query = f"{auth}&X-Amz-SignedHeaders=host{token_param}"
             canonical_query = f"{auth}{token_param}&X-Amz-SignedHeaders=host"
         else:
