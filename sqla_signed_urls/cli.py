@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
-OSS_VARIABLES = ("OSS_ACCESS_KEY_ID", "OSS_ACCESS_KEY_SECRET", "OSS_ENDPOINT", "OSS_BUCKET")
 SINCE_FORMATS = (
     "%Y-%m-%d",
     "%Y-%m-%dT%H:%M",
@@ -128,12 +127,13 @@ class _Target:
 
 
 def _signer_from_env() -> Signer:
-    """``OSSSigner.from_env()`` when ``OSS_*`` is set (refresh can then re-sign), else none."""
-    if not all(os.environ.get(name) for name in OSS_VARIABLES):
-        return RedisOnlySigner()
-    from .signers.oss import OSSSigner
+    """The signer the environment names (``S3_BUCKET``: S3, ``OSS_BUCKET``: OSS), so refresh
+    and warm can sign; without either, none (stats and clear need no signer)."""
+    from .signers.env import signer_from_env, store_in_env
 
-    return OSSSigner.from_env()
+    if store_in_env() is None:
+        return RedisOnlySigner()
+    return signer_from_env()
 
 
 def _import_object(path: str) -> Any:

@@ -257,13 +257,15 @@ class SignedURLs:
 
     @classmethod
     def from_env(cls, signer: Signer | None = None, **overrides: Any) -> SignedURLs:
-        """Build from the environment: ``REDIS_URL`` and the ``FILE_URL_*`` settings (and,
-        without a signer, ``OSSSigner.from_env()``'s ``OSS_*`` variables)."""
+        """Build from the environment: ``REDIS_URL`` and the ``FILE_URL_*`` settings and,
+        without a signer, the one the environment describes (``S3Signer.from_env()`` when
+        ``S3_BUCKET`` is set, ``OSSSigner.from_env()`` when ``OSS_BUCKET`` is; see
+        :func:`~sqla_signed_urls.signers.env.signer_from_env`)."""
         settings, redis_url = Settings.from_env(**overrides)
         if signer is None:
-            from .signers.oss import OSSSigner
+            from .signers.env import signer_from_env
 
-            signer = OSSSigner.from_env()
+            signer = signer_from_env()
         return cls(signer, settings=settings, redis=redis_url)
 
     def __repr__(self) -> str:

@@ -63,7 +63,6 @@ from .types import ObjectKey
 
 __all__ = ["DemoResult", "demo_command", "run_demo"]
 
-OSS_VARIABLES = ("OSS_ACCESS_KEY_ID", "OSS_ACCESS_KEY_SECRET", "OSS_ENDPOINT", "OSS_BUCKET")
 #: The demo's targets: hit ratio, signer calls avoided, cached-URL latency, and one Redis read
 #: per list page.
 TARGET_HIT_RATIO = 0.80
@@ -242,12 +241,12 @@ def _object_key_matches(url: str, object_key: str) -> bool:
 
 
 def _make_signer() -> tuple[Signer, str]:
-    if any(os.environ.get(name) for name in OSS_VARIABLES):
-        from .signers.oss import OSSSigner
+    from .signers.env import signer_from_env, store_in_env
 
-        signer = OSSSigner.from_env()
-        return signer, f"OSSSigner ({signer.version}; signing is local, nothing is sent to OSS)"
-    return LocalSigner(secrets.token_hex(32), base_url="/files"), "LocalSigner (HMAC)"
+    if store_in_env() is None:
+        return LocalSigner(secrets.token_hex(32), base_url="/files"), "LocalSigner (HMAC)"
+    signer = signer_from_env()
+    return signer, f"{signer!r} (signing is local: nothing is sent to the store)"
 
 
 def _make_redis(redis_url: str | None) -> tuple[Any, str, bool]:

@@ -209,8 +209,9 @@ class FlaskSignedURLs:
     Read from ``app.config``: ``REDIS_URL``, ``FILE_URL_CACHE_TIMEOUT`` (cache_ttl),
     ``FILE_URL_CACHE_KEY_PREFIX``, ``FILE_URL_EXPIRES`` (url_ttl),
     ``FILE_URL_LOCAL_CACHE_SIZE``, ``FILE_URL_REDIS_TIMEOUT``, and with ``admin=True``
-    ``ADMIN_TOKEN``. Without a ``signer`` an ``OSSSigner`` is built from ``OSS_*`` keys in
-    ``app.config`` or the environment. One extension object serves one app; registering on an
+    ``ADMIN_TOKEN``. Without a ``signer`` the store's keys in ``app.config`` or the environment
+    choose one: ``S3Signer`` when ``S3_BUCKET`` is set (``AWS_*``, ``S3_*``), ``OSSSigner``
+    when ``OSS_BUCKET`` is (``OSS_*``). One extension object serves one app; registering on an
     app twice raises :class:`~sqla_signed_urls.ConfigurationError`.
     """
 
@@ -270,7 +271,7 @@ class FlaskSignedURLs:
                 "create one FlaskSignedURLs per app"
             )
         settings, redis_url = Settings.from_mapping(app.config)
-        signer = self._signer if self._signer is not None else _oss_signer(app.config)
+        signer = self._signer if self._signer is not None else _env_signer(app.config)
         urls = SignedURLs(signer, settings=settings, redis=redis_url)
         if self._base is not None:
             urls.install(self._base)
@@ -289,9 +290,16 @@ def init_app(app: Flask, **options: Any) -> FlaskSignedURLs:
     return FlaskSignedURLs(app, **options)
 
 
-def _oss_signer(config: Mapping[str, Any]) -> Signer:
-    from .signers.oss import OSSSigner
+def _env_signer(config: Mapping[str, Any]) -> Signer:
+    """The signer the app's config (over the environment) describes: S3 or OSS."""
+    from .signers.env import signer_from_env
 
     environ = dict(os.environ)
-    environ.update({k: str(v) for k, v in config.items() if k.startswith("OSS_") and v})
-    return OSSSigner.from_env(environ)
+    environ.update(
+        {k: str(v) for k, v in config.items() if k.startswith(_STORE_KEYS) and v is not None}
+    )
+    return signer_from_env(environ)
+
+
+#: Config keys (and environment variables) that describe the store to sign for.
+_STORE_KEYS = ("OSS_", "S3_", "AWS_")
