@@ -6,6 +6,7 @@ fakeredis, or asyncpg/PostgreSQL and Redis when ``DATABASE_URL`` / ``REDIS_URL``
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -13,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import joinedload, selectinload
 
 from sqla_signed_urls import SignedURLs
 from sqla_signed_urls.testing import CountingAsyncRedis, CountingRedis, FakeSigner
@@ -144,5 +146,41 @@ def test_a_streamed_async_result_prefetches_each_partition(tmp_path: Path) -> No
                 assert w.aio.round_trips == 0
                 w.aio.mget_sizes.extend(sizes)
             assert sizes and max(sizes) == 4
+
+    run(tmp_path, body)
+
+
+def test_joined_eager_loads_are_prefetched_under_async_session(tmp_path: Path) -> None:
+    async def body(w: World) -> None:
+        async with w.sessions() as session:
+            w.aio.reset()
+            stmt = select(Post).options(
+                joinedload(Post.author).joinedload(Author.avatar),
+                selectinload(Post.images),
+                w.urls.prefetch(),
+            )
+            posts = list((await session.scalars(stmt)).unique())
+            assert w.aio.commands["MGET"] == 1
+            w.aio.reset()
+            read_page(posts)
+            assert w.aio.round_trips == 0
+
+    run(tmp_path, body)
+
+
+def test_an_error_inside_an_async_prefetch_never_reaches_the_query(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def body(w: World) -> None:
+        async def broken(*args: Any) -> None:
+            raise RuntimeError("boom")
+
+        w.urls._aprefetch = broken  # type: ignore[method-assign]
+        async with w.sessions() as session:
+            with caplog.at_level(logging.WARNING, logger="sqla_signed_urls"):
+                posts = list(await session.scalars(page_statement().options(w.urls.prefetch())))
+            assert len(posts) == POSTS
+            assert "Could not prefetch signed URLs (RuntimeError)" in caplog.text
+            assert all(url for url in read_page(posts))  # the attributes read on their own
 
     run(tmp_path, body)
