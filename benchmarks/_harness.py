@@ -10,7 +10,36 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from redis.utils import HIREDIS_AVAILABLE
+from sqlalchemy import String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from sqla_signed_urls import ObjectKey
+
 perf_ns = time.perf_counter_ns
+#: The reply parser redis-py uses by default here: hiredis when installed (the ``fast`` extra).
+PARSER = "hiredis" if HIREDIS_AVAILABLE else "pure Python"
+#: The OSS endpoint the benchmarks sign for (offline: nothing is sent).
+ENDPOINT = "https://oss-cn-hangzhou.aliyuncs.com"
+URL_TTL = 14400
+PAGE = 100
+
+
+def make_model(tag: str, *mixins: type) -> tuple[type[DeclarativeBase], type[Any]]:
+    """A declarative base and its ``File`` model over the ``files`` table; each call maps the
+    table again, so one SignedURLs per base can be installed side by side."""
+
+    class Base(*mixins, DeclarativeBase):  # type: ignore[misc]
+        pass
+
+    class File(Base):
+        __tablename__ = "files"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        object_key: Mapped[str | None] = mapped_column(ObjectKey(512))
+        file_type: Mapped[str] = mapped_column(String(32), default="attachment")
+
+    File.__name__ = File.__qualname__ = f"File{tag}"
+    return Base, File
 
 
 class Case:

@@ -31,40 +31,18 @@ from typing import Any
 import oss2
 import redis
 import redis.asyncio
-from _harness import Table, floor_checks
+from _harness import ENDPOINT, PAGE, PARSER, URL_TTL, Table, floor_checks, make_model, perf_ns
 from redis._parsers import _AsyncRESP2Parser
-from redis.utils import HIREDIS_AVAILABLE
-from sqlalchemy import String, insert, select
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncAttrs, async_sessionmaker, create_async_engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.util import await_only, greenlet_spawn
 
-from sqla_signed_urls import ObjectKey, SignedURLs
+from sqla_signed_urls import SignedURLs
 from sqla_signed_urls.cache.aredis import async_client_from_url
 from sqla_signed_urls.cache.base import signer_tag
 from sqla_signed_urls.signers import OSSSigner
 
-#: The reply parser redis-py uses by default here: hiredis when installed (the ``fast`` extra).
-PARSER = "hiredis" if HIREDIS_AVAILABLE else "pure Python"
-ENDPOINT = "https://oss-cn-hangzhou.aliyuncs.com"
-URL_TTL = 14400
-PAGE = 100
 ROWS = 2000
-perf_ns = time.perf_counter_ns
-
-
-def make_model(tag: str) -> tuple[type[DeclarativeBase], type[Any]]:
-    class Base(AsyncAttrs, DeclarativeBase):
-        pass
-
-    class File(Base):
-        __tablename__ = "files"
-        id: Mapped[int] = mapped_column(primary_key=True)
-        object_key: Mapped[str | None] = mapped_column(ObjectKey(512))
-        file_type: Mapped[str] = mapped_column(String(32), default="attachment")
-
-    File.__name__ = File.__qualname__ = f"File{tag}"
-    return Base, File
 
 
 def pure_parser_client(url: str, socket_timeout: float) -> Any:
@@ -104,8 +82,8 @@ async def bench(args: argparse.Namespace) -> int:
     raw_prefix = f"bench{run_id}:raw:"
     bucket = oss2.Bucket(oss2.Auth("id", "secret"), ENDPOINT, "bench")
 
-    base_l1, file_l1 = make_model("L1")
-    base_off, file_off = make_model("Off")
+    base_l1, file_l1 = make_model("L1", AsyncAttrs)
+    base_off, file_off = make_model("Off", AsyncAttrs)
     engine = create_async_engine("sqlite+aiosqlite://")
     async with engine.begin() as conn:
         await conn.run_sync(base_l1.metadata.create_all)
@@ -122,7 +100,7 @@ async def bench(args: argparse.Namespace) -> int:
     urls_off.install(base_off)
     # The same cache on clients with redis-py's pure-Python reply parser, beside the default
     # one (hiredis, when the `fast` extra is installed).
-    base_py, file_py = make_model("PyParser")
+    base_py, file_py = make_model("PyParser", AsyncAttrs)
     raw_py = pure_parser_client(args.redis_url, urls.settings.socket_timeout)
     lib_py = pure_parser_client(args.redis_url, urls.settings.socket_timeout)
     urls_py = SignedURLs(

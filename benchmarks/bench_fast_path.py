@@ -29,40 +29,32 @@ from typing import Any
 
 import oss2
 import redis
-from _harness import Case, Table, floor_checks, perf_ns, run_rounds
+from _harness import (
+    ENDPOINT,
+    PAGE,
+    PARSER,
+    URL_TTL,
+    Case,
+    Table,
+    floor_checks,
+    make_model,
+    perf_ns,
+    run_rounds,
+)
 from redis._parsers import _RESP2Parser
 from redis.utils import HIREDIS_AVAILABLE
-from sqlalchemy import String, create_engine, insert, select
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy import create_engine, insert, select
+from sqlalchemy.orm import Session
 
-from sqla_signed_urls import ObjectKey, SignedURLs
+from sqla_signed_urls import SignedURLs
 from sqla_signed_urls.cache.base import signer_tag
 from sqla_signed_urls.signers import OSSSigner
 
-#: The reply parser redis-py uses by default here: hiredis when installed (the ``fast`` extra).
-PARSER = "hiredis" if HIREDIS_AVAILABLE else "pure Python"
-ENDPOINT = "https://oss-cn-hangzhou.aliyuncs.com"
-URL_TTL = 14400
 CACHE_TTL = 2700
-PAGE = 100
 MEMORY_ENTRIES = 10_000
 
 
 # -- models: two bases on one table, so one SignedURLs can run with L1 and one without ----------
-
-
-def make_model(tag: str) -> tuple[type[DeclarativeBase], type[Any]]:
-    class Base(DeclarativeBase):
-        pass
-
-    class File(Base):
-        __tablename__ = "files"
-        id: Mapped[int] = mapped_column(primary_key=True)
-        object_key: Mapped[str | None] = mapped_column(ObjectKey(512))
-        file_type: Mapped[str] = mapped_column(String(32), default="attachment")
-
-    File.__name__ = File.__qualname__ = f"File{tag}"
-    return Base, File
 
 
 # -- the baseline: a plain Flask-Caching RedisCache, get/set per file ---------------------------
