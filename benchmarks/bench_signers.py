@@ -9,6 +9,9 @@ Rows, each measured side by side with its baseline in one run:
   against static keys: fresh credentials are reused, not frozen again per URL. Target: <= 1.2x.
 - ``OSSSigner.sign`` with V4 credentials (our code) against oss2's ``bucket.sign_url`` with
   ``AuthV4`` and with ``StsAuth`` V4 (checked byte for byte first). Target: >= 3x faster.
+- ``OSSSigner.sign`` with V1 credentials (our code) against oss2's ``bucket.sign_url`` with
+  ``Auth`` and, with a ``Content-Disposition`` override, ``StsAuth`` V1 (checked byte for byte
+  first, at a frozen clock). Target: >= 3x faster.
 - ``file.url`` served from the in-process layer (L1) with an ``S3Signer`` and with an OSS V1
   signer: the signer must not matter once a URL is cached. Target: within 0.8x .. 1.25x.
 
@@ -171,6 +174,9 @@ def main() -> int:
     )
     s3_refreshing = S3Signer("campus-forum", region="eu-central-1", credentials=refreshing)
     bucket_v1 = oss2.Bucket(oss2.Auth("id", SECRET_KEY), ENDPOINT, "bench")
+    sts_v1_auth = oss2.StsAuth("STS.id", SECRET_KEY, TOKEN, auth_version=oss2.AUTH_VERSION_1)
+    bucket_sts_v1 = oss2.Bucket(sts_v1_auth, ENDPOINT, "bench")
+    oss_v1, oss_sts_v1 = OSSSigner(bucket_v1), OSSSigner(bucket_sts_v1)
     bucket_v4 = oss2.Bucket(oss2.AuthV4("id", SECRET_KEY), ENDPOINT, "bench", region="cn-hangzhou")
     sts_auth = oss2.StsAuth("STS.id", SECRET_KEY, TOKEN, auth_version=oss2.AUTH_VERSION_4)
     bucket_sts = oss2.Bucket(sts_auth, ENDPOINT, "bench", region="cn-hangzhou")
@@ -186,9 +192,15 @@ def main() -> int:
         def utcnow(cls) -> Any:
             return moment
 
+    class FrozenTime:  # what oss2.auth reads as ``time`` for V1 expiries
+        @staticmethod
+        def time() -> float:
+            return signed_at + 0.5
+
     with (
         mock.patch("botocore.auth.get_current_datetime", return_value=moment),
         mock.patch.object(oss2.auth, "datetime", Frozen),
+        mock.patch.object(oss2.auth, "time", FrozenTime),
     ):
         plain = {"Bucket": "campus-forum", "Key": KEY}
         assert s3.sign(KEY, expires_at=expires_at, signed_at=signed_at) == clients[
@@ -208,6 +220,12 @@ def main() -> int:
             assert signer.sign(KEY, expires_at=expires_at, signed_at=signed_at) == (
                 bucket.sign_url("GET", KEY, URL_TTL)
             )
+        assert oss_v1.sign(KEY, expires_at=expires_at) == bucket_v1.sign_url("GET", KEY, URL_TTL)
+        assert oss_sts_v1.sign_with(
+            KEY, expires_at=expires_at, response_content_disposition=DISPOSITION
+        ) == bucket_sts_v1.sign_url(
+            "GET", KEY, URL_TTL, params={"response-content-disposition": DISPOSITION}
+        )
 
     boto_plain, boto_token = clients[None], clients[TOKEN]
     with_disposition = {**plain, "ResponseContentDisposition": DISPOSITION}
@@ -259,6 +277,21 @@ def main() -> int:
 
         return run
 
+    def ours_oss_v1(n: int) -> int:
+        sign, now = oss_v1.sign, int(time.time())
+        t0 = perf_ns()
+        for _ in range(n):
+            sign(KEY, expires_at=now + URL_TTL)
+        return perf_ns() - t0
+
+    def ours_oss_sts_v1(n: int) -> int:
+        sign, now = oss_sts_v1.sign_with, int(time.time())
+        t0 = perf_ns()
+        for _ in range(n):
+            sign(KEY, expires_at=now + URL_TTL, response_content_disposition=DISPOSITION)
+        return perf_ns() - t0
+
+    v1_disposition = {"response-content-disposition": DISPOSITION}
     cases = {
         c.name: c
         for c in [
@@ -288,6 +321,15 @@ def main() -> int:
             Case("oss_v4", ours_oss(oss_v4), 200),
             Case("oss_sts", ours_oss(oss_sts), 200),
             Case("oss2_v1", repeat(lambda: bucket_v1.sign_url("GET", KEY, URL_TTL)), 40),
+            Case(
+                "oss2_sts_v1",
+                repeat(
+                    lambda: bucket_sts_v1.sign_url("GET", KEY, URL_TTL, params=dict(v1_disposition))
+                ),
+                40,
+            ),
+            Case("oss_v1", ours_oss_v1, 400),
+            Case("oss_sts_v1", ours_oss_sts_v1, 400),
             Case("l1_s3", repeat(read_s3), 400),
             Case("l1_v1", repeat(read_v1), 400),
         ]
@@ -345,6 +387,9 @@ def main() -> int:
     row("baseline: oss2 StsAuth V4 sign_url", f"{m['oss2_sts']:.1f} us")
     faster("OSSSigner.sign, STS V4 (own code)", "oss_sts", "oss2_sts", 3)
     row("baseline: oss2 V1 sign_url", f"{m['oss2_v1']:.1f} us")
+    faster("OSSSigner.sign, V1 (own code)", "oss_v1", "oss2_v1", 3)
+    row("baseline: oss2 StsAuth V1 sign_url + disposition", f"{m['oss2_sts_v1']:.1f} us")
+    faster("OSSSigner.sign_with, STS V1 + disposition", "oss_sts_v1", "oss2_sts_v1", 3)
     row("file.url, L1 hit, OSS V1 signer", f"{m['l1_v1']:.3f} us")
     ratio = m["l1_s3"] / m["l1_v1"]
     row(

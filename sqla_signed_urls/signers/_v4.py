@@ -8,6 +8,7 @@ signing time is written into the URL; ``SignedURLs`` passes the start of the cur
 window, so every process signing one key within one window writes the same time and makes the
 same URL.
 
+``Hmac`` (an HMAC with its key blocks hashed once) also signs OSS V1 URLs, with SHA-1.
 Everything here is plain ``hmac``/``hashlib``: no SDK is called.
 """
 
@@ -15,15 +16,28 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
+import string
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from ..exceptions import SigningError
 
-__all__ = ["SigningKeys", "SigningTimes", "quote_param", "sha256_hex"]
+if TYPE_CHECKING:
+    from hashlib import _Hash
+
+__all__ = ["Hmac", "SigningKeys", "SigningTimes", "quote_param", "sha256_hex", "whole_seconds"]
 
 _hmac_digest = hmac.digest
 _sha256 = hashlib.sha256
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*").fullmatch
+#: Each byte as quote_param() writes it: unreserved ones as they are, the others escaped.
+_ESCAPED = [
+    chr(b) if chr(b) in string.ascii_letters + string.digits + "_.~-" else f"%{b:02X}"
+    for b in range(256)
+].__getitem__
 #: Derived keys kept per signer (a few dates and, across a credential rotation, two secrets).
 _KEYS_KEPT = 8
 
@@ -34,23 +48,44 @@ def sha256_hex(text: str) -> str:
 
 
 def quote_param(value: str) -> str:
-    """A query parameter name or value as both V4 schemes encode it: every byte of the UTF-8
-    encoding percent-escaped (upper-case hex) except letters, digits and ``-_.~``."""
-    return quote(value, safe="")
+    """A query parameter name or value as both V4 schemes (and OSS V1) encode it: every byte of
+    the UTF-8 encoding percent-escaped (upper-case hex) except letters, digits and ``-_.~``.
+
+    Exactly ``urllib.parse.quote(value, safe="")``, in a third less time: one table lookup per
+    byte in C instead of ``quote``'s per-byte Python.
+    """
+    if not isinstance(value, str):  # bytes: as quote takes them
+        return quote(value, safe="")
+    if _UNRESERVED(value) is not None:
+        return value
+    return "".join(map(_ESCAPED, value.encode()))
 
 
-class _Hmac:
-    """HMAC-SHA256 with one key, its padded key blocks hashed once: a signature then costs two
-    SHA-256 copies and updates (half of what a one-shot ``hmac.digest`` costs)."""
+class Hmac:
+    """An HMAC with one key, its padded key blocks hashed once: a signature then costs two hash
+    copies and updates (half of what a one-shot ``hmac.digest`` costs). SHA-256 by default;
+    OSS V1 signs with ``Hmac(secret, hashlib.sha1)``."""
 
     __slots__ = ("_inner", "_outer")
 
-    def __init__(self, key: bytes) -> None:
-        block = key.ljust(64, b"\0")  # a derived key is 32 bytes, shorter than the block
-        self._inner = _sha256(bytes(b ^ 0x36 for b in block))
-        self._outer = _sha256(bytes(b ^ 0x5C for b in block))
+    def __init__(self, key: bytes, hash_new: Callable[[bytes], _Hash] = _sha256) -> None:
+        block_size = hash_new(b"").block_size
+        if len(key) > block_size:  # as RFC 2104 says: a long key is hashed first
+            key = hash_new(key).digest()
+        block = key.ljust(block_size, b"\0")
+        self._inner = hash_new(bytes(b ^ 0x36 for b in block))
+        self._outer = hash_new(bytes(b ^ 0x5C for b in block))
+
+    def digest(self, text: str) -> bytes:
+        """The HMAC of ``text`` encoded as UTF-8."""
+        inner = self._inner.copy()
+        inner.update(text.encode())
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
     def hexdigest(self, text: str) -> str:
+        """The hex HMAC of ``text`` encoded as UTF-8."""
         inner = self._inner.copy()
         inner.update(text.encode())
         outer = self._outer.copy()
@@ -73,7 +108,7 @@ class SigningKeys:
     def __init__(self, prefix: str, region: str, service: str, terminator: str) -> None:
         self._prefix = prefix
         self._steps = (region.encode(), service.encode(), terminator.encode())
-        self._cache: dict[tuple[str, str], _Hmac] = {}
+        self._cache: dict[tuple[str, str], Hmac] = {}
 
     def signature(self, secret: str, date: str, string_to_sign: str) -> str:
         """The hex signature of ``string_to_sign`` by ``secret`` on ``date`` (``YYYYMMDD``)."""
@@ -82,7 +117,7 @@ class SigningKeys:
             key = _hmac_digest((self._prefix + secret).encode(), date.encode(), "sha256")
             for step in self._steps:
                 key = _hmac_digest(key, step, "sha256")
-            signer = _Hmac(key)
+            signer = Hmac(key)
             if len(self._cache) >= _KEYS_KEPT:
                 self._cache.clear()
             self._cache[(secret, date)] = signer
@@ -109,9 +144,9 @@ class SigningTimes:
         if signed_at is None:
             signed_at = int(time.time())
         elif type(signed_at) is not int:
-            signed_at = _whole_seconds("signed_at", signed_at)
+            signed_at = whole_seconds("signed_at", signed_at)
         if type(expires_at) is not int:
-            expires_at = _whole_seconds("expires_at", expires_at)
+            expires_at = whole_seconds("expires_at", expires_at)
         lifetime = expires_at - signed_at
         if not 0 < lifetime <= self.max_ttl:
             raise SigningError(
@@ -127,7 +162,8 @@ class SigningTimes:
         return stamp, lifetime
 
 
-def _whole_seconds(name: str, value: object) -> int:
+def whole_seconds(name: str, value: object) -> int:
+    """``value`` as an int when it is a whole number of seconds, else ``SigningError``."""
     if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
         raise SigningError(f"{name}={value!r}: expected whole Unix seconds (an int)")
     return int(value)

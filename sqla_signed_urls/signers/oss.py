@@ -1,8 +1,10 @@
 """Aliyun OSS signed URLs (the ``oss`` extra: ``pip install "sqla-signed-urls[oss]"``).
 
-V1 URLs are signed by ``oss2``. V4 URLs are signed by our own code (:mod:`._v4`), byte for byte
-what oss2's ``bucket.sign_url("GET", ...)`` gives at the same signing time, several times faster,
-and at the signing time ``SignedURLs`` chooses, so they are stable.
+URLs are signed by our own code, byte for byte what oss2's ``bucket.sign_url("GET", ...)``
+gives, several times faster: V1 URLs (HMAC-SHA1, the absolute expiry only) need no clock at all;
+V4 URLs (:mod:`._v4`) are signed at the signing time ``SignedURLs`` chooses, so they are stable.
+An auth class oss2 signs in a way of its own (one overriding ``_sign_url``, anonymous access) is
+left to oss2.
 
 This module imports without oss2, so ``from sqla_signed_urls.signers import OSSSigner`` always
 works; building a signer without it raises :class:`~sqla_signed_urls.ConfigurationError` naming
@@ -11,6 +13,8 @@ the extra.
 
 from __future__ import annotations
 
+import binascii
+import hashlib
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -43,7 +47,8 @@ class OSSSigner(Signer):
     ``SignedURLs`` passes the start of the current expiry window as ``signed_at``, so every
     process signing one key within one window makes the same URL; ``url_ttl`` is limited to 7
     days. Credentials are read from the bucket's auth on every signing, so refreshing providers
-    work. Needs the ``oss`` extra.
+    work, and so does giving the bucket a new auth (``bucket.auth = oss2.StsAuth(...)``, as
+    oss2 advises before STS credentials expire). Needs the ``oss`` extra.
     """
 
     def __init__(self, bucket: Any) -> None:
@@ -54,21 +59,46 @@ class OSSSigner(Signer):
                     f"OSSSigner(bucket=...): expected an oss2.Bucket, got {type(bucket).__name__}"
                 )
         self.bucket = bucket
-        self.version = str(bucket.auth.auth_version())
+        self._oss2 = oss2
+        auth = bucket.auth
+        self.version = str(auth.auth_version())
         self.name = f"oss:{bucket.bucket_name}@{getattr(bucket, 'endpoint', '')}"
         try:  # scheme, host and, for path-style endpoints, the bucket: "https://b.host/"
             self._url_base: str | None = str(bucket._make_url(bucket.bucket_name, ""))
         except Exception:
             self._url_base = None
-        self._v4: _V4Signing | None = None
+        #: The bucket's auth and how we sign for it (``None``: oss2 signs).
+        self._signing: tuple[Any, _V1Signing | _V4Signing | None] = (auth, self._signing_for(auth))
         if self.version == "v4":
             self.max_url_ttl = V4_MAX_URL_TTL
-            self._v4 = _V4Signing.of(oss2, bucket, self._url_base)
             # An auth of its own kind is signed by oss2, at the current time: not stable.
-            self.stable = self.takes_signed_at = self._v4 is not None
+            self.stable = self.takes_signed_at = self._signing[1] is not None
 
     def __repr__(self) -> str:
         return f"OSSSigner(bucket={self.bucket.bucket_name!r}, version={self.version!r})"
+
+    def _signing_for(self, auth: Any) -> _V1Signing | _V4Signing | None:
+        """Our own signing for ``auth`` when it is one of oss2's own V1 or V4 auths of this
+        signer's version, signing on a bucket whose ``sign_url`` is oss2's; else ``None``."""
+        oss2, bucket = self._oss2, self.bucket
+        if self._url_base is None or type(bucket).sign_url is not oss2.Bucket.sign_url:
+            return None
+        try:
+            version = str(auth.auth_version())
+        except Exception:
+            return None
+        if version != self.version:  # a new auth of another version: oss2 signs, as it can
+            return None
+        sts = oss2.StsAuth
+        if isinstance(auth, sts):
+            if type(auth)._sign_url is not sts._sign_url:
+                return None
+            auth = getattr(auth, "_StsAuth__auth", None)
+        if version == "v1":
+            return _V1Signing.of(oss2, auth, bucket.bucket_name, self._url_base)
+        if version == "v4":
+            return _V4Signing.of(oss2, auth, bucket, self._url_base)
+        return None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OSSSigner:
@@ -109,7 +139,8 @@ class OSSSigner(Signer):
     def sign(self, object_key: str, *, expires_at: int, signed_at: int | None = None) -> str:
         """A GET URL for ``object_key`` valid until ``expires_at``. V4 URLs are signed at
         ``signed_at`` (now when ``None``) and live until exactly ``expires_at``."""
-        return self.sign_with(object_key, expires_at=expires_at, signed_at=signed_at)
+        _check_key(object_key, self.bucket)
+        return self._sign(object_key, expires_at, signed_at, [], [])
 
     def sign_with(
         self,
@@ -119,14 +150,36 @@ class OSSSigner(Signer):
         signed_at: int | None = None,
         response_content_disposition: str | None = None,
         response_content_type: str | None = None,
+        params: Sequence[tuple[str, str]] = (),
     ) -> str:
         """:meth:`sign`, asking OSS to answer with these ``Content-Disposition`` and
-        ``Content-Type`` headers (``response-content-*`` parameters, signed into the URL)."""
+        ``Content-Type`` headers (``response-content-*`` parameters, signed into the URL),
+        and with extra query parameters in the URL, such as an image variant's
+        ``("x-oss-process", "image/resize,w_128")``: after the overrides, in the order given,
+        as oss2 writes ``sign_url(..., params={...})``. V4 signs every parameter; V1 those OSS
+        knows (``x-oss-process`` among them), as oss2 does. Parameters OSS signing writes
+        itself (``Expires``, ``x-oss-date``, ...) and names given twice are refused."""
         _check_key(object_key, self.bucket)
         overrides = _overrides(response_content_disposition, response_content_type)
-        if self._v4 is not None:
-            return self._v4.sign(object_key, expires_at, signed_at, overrides)
-        params = dict(overrides) if overrides else None
+        extra = _params(params, overrides) if params else []
+        return self._sign(object_key, expires_at, signed_at, overrides, extra)
+
+    def _sign(
+        self,
+        object_key: str,
+        expires_at: int,
+        signed_at: int | None,
+        overrides: list[tuple[str, str]],
+        params: list[tuple[str, str]],
+    ) -> str:
+        auth = self.bucket.auth
+        current = self._signing
+        if current[0] is not auth:  # a new auth given to the bucket
+            current = self._signing = (auth, self._signing_for(auth))
+        signing = current[1]
+        if signing is not None:
+            return signing.sign(object_key, expires_at, signed_at, overrides, params)
+        query = dict(overrides + params) or None
         # oss2 takes a lifetime relative to its own clock; V1 puts the absolute expiry in the
         # URL. When the second has not changed between our two clock reads, oss2 (reading its
         # clock in between) added the lifetime to the same second; otherwise sign again.
@@ -134,7 +187,7 @@ class OSSSigner(Signer):
             before = int(time.time())
             try:
                 url: str = self.bucket.sign_url(
-                    "GET", object_key, expires_at - before, params=params
+                    "GET", object_key, expires_at - before, params=query
                 )
             except Exception as exc:
                 raise SigningError(f"oss2 could not sign the key: {type(exc).__name__}") from exc
@@ -166,6 +219,62 @@ def _check_key(object_key: str, bucket: Any) -> None:
         )
 
 
+#: Query parameters OSS signing writes itself (V1, V4), lower-case: never taken as ``params``.
+_OWN_PARAMS = frozenset(
+    {
+        "ossaccesskeyid",
+        "expires",
+        "signature",
+        "security-token",
+        "x-oss-security-token",
+        "x-oss-date",
+        "x-oss-expires",
+        "x-oss-signature-version",
+        "x-oss-credential",
+        "x-oss-signature",
+        "x-oss-additional-headers",
+    }
+)
+
+
+def _params(
+    params: Sequence[tuple[str, str]], overrides: list[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """The extra query parameters asked for, checked, in the order given."""
+    seen = {name for name, _ in overrides}
+    checked = []
+    for pair in params:
+        try:
+            name, value = pair
+        except (TypeError, ValueError):
+            raise SigningError(f"params: expected (name, value) pairs, got {pair!r}") from None
+        if not isinstance(name, str) or not name or not isinstance(value, str):
+            raise SigningError(
+                f"params: expected a non-empty str name and a str value, got {pair!r}"
+            )
+        if name.lower() in _OWN_PARAMS:
+            raise SigningError(f"params: {name!r} is a parameter OSS signing writes itself")
+        if name in seen:
+            raise SigningError(f"params: {name!r} is given twice")
+        for text in (name, value):
+            if not text.isascii():
+                try:
+                    text.encode()
+                except UnicodeEncodeError:
+                    raise SigningError(f"params: {name!r} is not valid Unicode text") from None
+        seen.add(name)
+        checked.append((name, value))
+    return checked
+
+
+def _query_pair(name: str, value: str) -> str:
+    """A parameter as oss2 writes it into the URL: quoted, the name alone when the value is
+    empty."""
+    if value:
+        return f"{_v4.quote_param(name)}={_v4.quote_param(value)}"
+    return _v4.quote_param(name)
+
+
 def _overrides(disposition: str | None, content_type: str | None) -> list[tuple[str, str]]:
     """The ``response-content-*`` query parameters asked for, in the order they are signed."""
     params = []
@@ -177,6 +286,11 @@ def _overrides(disposition: str | None, content_type: str | None) -> list[tuple[
             continue
         if not isinstance(value, str) or not value:
             raise SigningError(f"{name}: expected a non-empty str, got {value!r}")
+        if not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise SigningError(f"{name}: not valid Unicode text") from None
         params.append((name, value))
     return params
 
@@ -186,9 +300,9 @@ class _V4Signing:
     headers: a GET URL signs none), with the signing time given."""
 
     __slots__ = (
+        "_auth",
         "_credential_tail",
         "_keys",
-        "_provider",
         "_quoted",
         "_resource",
         "_scope_tail",
@@ -196,8 +310,8 @@ class _V4Signing:
         "_url_base",
     )
 
-    def __init__(self, provider: Any, url_base: str, bucket_name: str, region: str, product: str):
-        self._provider = provider
+    def __init__(self, auth: Any, url_base: str, bucket_name: str, region: str, product: str):
+        self._auth = auth
         self._url_base = url_base
         self._resource = f"/{quote_key(bucket_name)}/"
         self._scope_tail = f"/{region}/{product}/aliyun_v4_request"
@@ -208,18 +322,15 @@ class _V4Signing:
         self._quoted: tuple[str, str | None, str, str] = ("", None, "", "")
 
     @classmethod
-    def of(cls, oss2: Any, bucket: Any, url_base: str | None) -> _V4Signing | None:
-        """Our own V4 signing for ``bucket``, or ``None`` when its auth is not oss2's own V4
-        (``AuthV4``, ``ProviderAuthV4``, ``StsAuth(..., auth_version="v4")``)."""
-        auth = bucket.auth
-        inner = getattr(auth, "_StsAuth__auth", None) if isinstance(auth, oss2.StsAuth) else auth
+    def of(cls, oss2: Any, auth: Any, bucket: Any, url_base: str) -> _V4Signing | None:
+        """Our own V4 signing with ``auth`` (the one inside an ``StsAuth``), or ``None`` when
+        it is not oss2's own V4 (``AuthV4``, ``ProviderAuthV4``)."""
         provider_auth = getattr(oss2, "ProviderAuthV4", None)
         if (
-            url_base is None
-            or provider_auth is None
-            or not isinstance(inner, provider_auth)
-            or type(inner)._sign_url is not provider_auth._sign_url
-            or not hasattr(inner, "credentials_provider")
+            provider_auth is None
+            or not isinstance(auth, provider_auth)
+            or type(auth)._sign_url is not provider_auth._sign_url
+            or not hasattr(auth, "credentials_provider")
         ):
             return None
         region = getattr(bucket, "cloudbox_id", None) or getattr(bucket, "region", None)
@@ -230,7 +341,7 @@ class _V4Signing:
                 "(the region of its endpoint)"
             )
         product = str(getattr(bucket, "product", None) or "oss")
-        return cls(inner.credentials_provider, url_base, bucket.bucket_name, region, product)
+        return cls(auth, url_base, bucket.bucket_name, region, product)
 
     def sign(
         self,
@@ -238,18 +349,16 @@ class _V4Signing:
         expires_at: int,
         signed_at: int | None,
         overrides: list[tuple[str, str]],
+        params: list[tuple[str, str]],
     ) -> str:
         stamp, lifetime = self._times.resolve(expires_at, signed_at)
         try:
-            credentials = self._provider.get_credentials()
+            credentials = self._auth.credentials_provider.get_credentials()
             access_key_id = credentials.get_access_key_id()
             secret = credentials.get_access_key_secret()
             token = credentials.get_security_token() or None
         except Exception as exc:
-            raise SigningError(
-                f"could not read the OSS credentials ({type(exc).__name__}); check the "
-                "bucket's credentials provider"
-            ) from exc
+            raise _credentials_error(exc) from exc
         quoted_credentials = self._quoted
         if quoted_credentials[0] != access_key_id or quoted_credentials[1] != token:
             quoted_credentials = self._quote_credentials(access_key_id, token)
@@ -269,7 +378,21 @@ class _V4Signing:
             f"x-oss-credential={credential}&x-oss-date={stamp}&x-oss-expires={lifetime}"
             f"{token_param}&x-oss-signature-version=OSS4-HMAC-SHA256"
         )
-        if overrides:
+        if params:
+            # Any names: the canonical query is every parameter, encoded, sorted by name.
+            asked = "&".join(_query_pair(name, value) for name, value in overrides + params)
+            url_query = f"{asked}{token_param}&{auth}"
+            named = [
+                (_v4.quote_param(name), _v4.quote_param(value))
+                for name, value in overrides + params
+            ]
+            for part in canonical_auth.split("&"):
+                name, _, value = part.partition("=")
+                named.append((name, value))
+            canonical_query = "&".join(
+                f"{name}={value}" if value else name for name, value in sorted(named)
+            )
+        elif overrides:
             asked = "&".join(f"{name}={_v4.quote_param(value)}" for name, value in overrides)
             url_query = f"{asked}{token_param}&{auth}"
             canonical_query = f"{asked}&{canonical_auth}"
@@ -294,3 +417,164 @@ class _V4Signing:
         entry = (access_key_id, token, _v4.quote_param(access_key_id), token_param)
         self._quoted = entry
         return entry
+
+
+def _credentials_error(exc: Exception) -> SigningError:
+    return SigningError(
+        f"could not read the OSS credentials ({type(exc).__name__}); check the "
+        "bucket's credentials provider"
+    )
+
+
+#: What oss2's V1 signing must do as ``ProviderAuth`` does for our signing to be the same.
+_V1_METHODS = (
+    "_sign_url",
+    "_ProviderAuth__make_signature",
+    "_ProviderAuth__get_bytes_to_sign",
+    "_ProviderAuth__get_headers_bytes",
+    "_ProviderAuth__get_resource_string",
+    "_ProviderAuth__get_subresource_string",
+    "_ProviderAuth__param_to_query",
+)
+#: The query parameters we sign that oss2 signs as subresources (sorted by name).
+_V1_SUBRESOURCES = frozenset(
+    {"response-content-disposition", "response-content-type", "security-token"}
+)
+
+
+class _V1Credentials:
+    """What one set of V1 credentials adds to every URL, worked out once."""
+
+    __slots__ = ("access_key_id", "mac", "secret", "signed_token", "tail", "token", "url_token")
+
+    def __init__(self, access_key_id: Any, secret: Any, token: str | None) -> None:
+        self.access_key_id = access_key_id
+        self.secret = secret
+        self.token = token
+        if isinstance(secret, str):
+            try:
+                key = secret.encode()
+            except UnicodeEncodeError:
+                raise SigningError("the OSS access key secret is not valid Unicode text") from None
+        elif isinstance(secret, bytes):
+            key = secret
+        else:
+            raise SigningError(f"the OSS access key secret is a {type(secret).__name__}, not a str")
+        if token is not None and not isinstance(token, str):
+            raise SigningError(f"the OSS security token is a {type(token).__name__}, not a str")
+        self.mac = _v4.Hmac(key, hashlib.sha1)
+        try:
+            quoted_id = _v4.quote_param(access_key_id) if access_key_id else ""
+            quoted_token = "" if token is None else _v4.quote_param(token)
+        except (TypeError, UnicodeEncodeError) as exc:
+            raise SigningError(
+                f"the OSS access key id or security token cannot be quoted ({type(exc).__name__})"
+            ) from None
+        #: How the query ends, but for the expiry and the signature.
+        self.tail = (
+            f"OSSAccessKeyId={quoted_id}&Expires=" if quoted_id else "OSSAccessKeyId&Expires="
+        )
+        #: The token's query parameter, with the "&" after it, and as it is signed.
+        self.url_token = "" if token is None else f"security-token={quoted_token}&"
+        self.signed_token = "" if token is None else f"security-token={token}"
+
+
+class _V1Signing:
+    """OSS V1 query signing, as oss2's ``ProviderAuth._sign_url`` does it for a GET without
+    headers: the Base64 HMAC-SHA1, by the secret, of ``GET\\n\\n\\n<Expires>\\n/<bucket>/<key>``
+    followed by the signed query parameters (the ``response-content-*`` overrides, the
+    security token and the extra parameters oss2 counts as subresources, such as
+    ``x-oss-process``: sorted by name, unquoted). ``Expires`` is the absolute expiry, so no
+    clock is read."""
+
+    __slots__ = ("_auth", "_credentials", "_resource", "_subresources", "_url_base")
+
+    def __init__(self, auth: Any, url_base: str, bucket_name: str) -> None:
+        self._auth = auth
+        self._url_base = url_base
+        self._resource = f"/{bucket_name}/"
+        #: The query parameters oss2 signs (the others are in the URL, unsigned).
+        self._subresources = frozenset(auth._subresource_key_set)
+        self._credentials: _V1Credentials | None = None
+
+    @classmethod
+    def of(cls, oss2: Any, auth: Any, bucket_name: Any, url_base: str) -> _V1Signing | None:
+        """Our own V1 signing with ``auth`` (the one inside an ``StsAuth``), or ``None`` when
+        it is not oss2's own V1 (``Auth``, ``ProviderAuth``) or signs in a way of its own."""
+        provider_auth = getattr(oss2, "ProviderAuth", None)
+        if (
+            provider_auth is None
+            or not isinstance(auth, provider_auth)
+            or any(
+                getattr(type(auth), name, None) is not getattr(provider_auth, name, None)
+                for name in _V1_METHODS
+            )
+            or not _V1_SUBRESOURCES.issubset(getattr(auth, "_subresource_key_set", ()))
+            or not hasattr(auth, "credentials_provider")
+            or not isinstance(bucket_name, str)
+            or not bucket_name
+        ):
+            return None
+        return cls(auth, url_base, bucket_name)
+
+    def sign(
+        self,
+        object_key: str,
+        expires_at: int,
+        signed_at: int | None,
+        overrides: list[tuple[str, str]],
+        params: list[tuple[str, str]],
+    ) -> str:
+        if type(expires_at) is not int:
+            expires_at = _v4.whole_seconds("expires_at", expires_at)
+        try:
+            credentials = self._auth.credentials_provider.get_credentials()
+            access_key_id = credentials.get_access_key_id()
+            secret = credentials.get_access_key_secret()
+            token = credentials.get_security_token() or None
+        except Exception as exc:
+            raise _credentials_error(exc) from exc
+        known = self._credentials
+        if (
+            known is None
+            or known.access_key_id != access_key_id
+            or known.secret != secret
+            or known.token != token
+        ):
+            known = self._credentials = _V1Credentials(access_key_id, secret, token)
+        try:
+            quoted = quote_key(object_key)
+        except UnicodeEncodeError:
+            raise SigningError("object key is not valid Unicode text") from None
+        expires = str(expires_at)
+        if params:
+            asked = "&".join(_query_pair(name, value) for name, value in overrides + params)
+            query = f"{asked}&{known.url_token}{known.tail}{expires}"
+            subresources = self._subresources
+            named = [(name, value) for name, value in overrides + params if name in subresources]
+            if known.token is not None:
+                named.append(("security-token", known.token))
+            signed = "&".join(f"{name}={value}" if value else name for name, value in sorted(named))
+            resource = f"{self._resource}{object_key}"
+            if signed:
+                resource = f"{resource}?{signed}"
+            string_to_sign = f"GET\n\n\n{expires}\n{resource}"
+        elif overrides:  # response-content-* only: signed, and sorted before security-token
+            signed = "&".join(f"{name}={value}" for name, value in overrides)
+            if known.signed_token:
+                signed = f"{signed}&{known.signed_token}"
+            asked = "&".join(f"{name}={_v4.quote_param(value)}" for name, value in overrides)
+            query = f"{asked}&{known.url_token}{known.tail}{expires}"
+            string_to_sign = f"GET\n\n\n{expires}\n{self._resource}{object_key}?{signed}"
+        else:
+            query = f"{known.url_token}{known.tail}{expires}"
+            if known.signed_token:
+                string_to_sign = (
+                    f"GET\n\n\n{expires}\n{self._resource}{object_key}?{known.signed_token}"
+                )
+            else:
+                string_to_sign = f"GET\n\n\n{expires}\n{self._resource}{object_key}"
+        signature = binascii.b2a_base64(known.mac.digest(string_to_sign), newline=False).decode()
+        # quote(signature, safe=""), as oss2 writes it: Base64 holds no other reserved character
+        signature = signature.replace("+", "%2B").replace("/", "%2F").replace("=", "%3D")
+        return f"{self._url_base}{quoted}?{query}&Signature={signature}"

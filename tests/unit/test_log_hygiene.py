@@ -263,15 +263,11 @@ def _text(record: logging.LogRecord) -> str:
     return text
 
 
-def test_oss2_debug_logging_is_scanned_too(
+def test_signing_with_sts_credentials_leaks_nothing_through_oss2_debug_logs(
     request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """oss2 logs what it signs at DEBUG; with an STS token that includes the token.
-
-    Documented in docs/reliability.md: keep the ``oss2`` logger above DEBUG in production.
-    This test shows what the scan would catch; it does not fail the session (the records are
-    captured by caplog at the ``oss2`` logger only, below the root handler's reach).
-    """
+    """oss2 logs what it signs at DEBUG, an STS token included; ``OSSSigner`` signs with its
+    own code, so even with the ``oss2`` logger at DEBUG no record of a signing holds it."""
     register_secret(STS_TOKEN)
     oss_logger = logging.getLogger("oss2")
     old_propagate = oss_logger.propagate
@@ -281,11 +277,11 @@ def test_oss2_debug_logging_is_scanned_too(
     oss_logger.setLevel(logging.DEBUG)
     try:
         signer = _signers()[4]
-        signer.sign("a.png", expires_at=int(time.time()) + 3600)
+        url = signer.sign("a.png", expires_at=int(time.time()) + 3600)
     finally:
         oss_logger.setLevel(old_level)
         oss_logger.removeHandler(caplog.handler)
         oss_logger.propagate = old_propagate
+    assert "security-token=" in url  # the signer did put the token into the URL
     texts = [r.getMessage() for r in caplog.records if r.name.startswith("oss2")]
-    assert texts, "oss2 logged nothing at DEBUG"
-    assert any(scan(t) for t in texts)  # the known third-party leak the docs warn about
+    assert not any(scan(t) for t in texts)
