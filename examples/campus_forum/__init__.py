@@ -6,9 +6,11 @@ Run either on embedded defaults (SQLite in ``instance/``, an in-process Redis, `
     flask --app examples.campus_forum run
     uvicorn --factory examples.campus_forum.asgi:create_app
 
-They fill an empty database with demo data on first start. ``DATABASE_URL``, ``REDIS_URL``,
-``ADMIN_TOKEN`` and the ``OSS_*`` variables switch them to real servers; see
-``docs/example-and-migrations.md``.
+They fill an empty database with demo data on first start, once however many workers start
+together. ``DATABASE_URL``, ``REDIS_URL``, ``ADMIN_TOKEN`` and the ``OSS_*`` variables switch
+them to real servers; see ``docs/example-and-migrations.md``. Under gunicorn or uvicorn with
+several workers (``python -m examples.campus_forum prepare`` migrates ahead of time, and
+``gunicorn_conf.py`` keeps signatures out of the logs): ``docs/deployment.md``.
 """
 
 from __future__ import annotations

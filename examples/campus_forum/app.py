@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,8 @@ from flask import (
     url_for,
 )
 from flask.typing import ResponseReturnValue
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from sqla_signed_urls import SignedURLs
@@ -32,7 +32,6 @@ from sqla_signed_urls.signers import LocalSigner, Signer
 
 from . import common
 from .common import RedactSignatures, Refused
-from .demo_data import load_demo_data
 from .models import Base, File
 from .storage import Storage
 
@@ -94,41 +93,39 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     Environment: ``DATABASE_URL``, ``REDIS_URL``, ``ADMIN_TOKEN`` (mounts the admin API),
     ``FILES_SECRET``, the ``FILE_URL_*`` settings, ``OSS_*`` to sign with OSS,
-    ``INSTANCE_PATH`` (where the SQLite database, the secret and the uploads go) and
-    ``UPLOAD_DIR``. ``config`` overrides them; tests also pass ``ENGINE`` (an Engine) and
+    ``INSTANCE_PATH`` (where the SQLite database, the secret and the uploads go),
+    ``UPLOAD_DIR``, ``AUTO_MIGRATE`` and ``LOAD_DEMO_DATA`` (``0`` turns them off) and
+    ``DEMO_POSTS``. ``config`` overrides them; tests also pass ``ENGINE`` (an Engine) and
     ``REDIS_CLIENT`` (a redis-py client).
-    """
-    instance_path = (config or {}).get("INSTANCE_PATH") or os.environ.get("INSTANCE_PATH")
-    app = Flask("examples.campus_forum", instance_path=instance_path or None)
-    app.config.update(
-        LOAD_DEMO_DATA=True,
-        AUTO_MIGRATE=True,
-        POSTS_PER_PAGE=10,
-        MAX_CONTENT_LENGTH=2 * 1024 * 1024,
-        UPLOAD_DIR=None,
-        ENGINE=None,
-        REDIS_CLIENT=None,
-    )
-    app.config.update(common.env_config())
-    if config:
-        app.config.update(config)
 
-    engine, own_engine = _engine(app)
-    if app.config["AUTO_MIGRATE"]:
-        init_db(engine)
-    signer, storage = common.signer_and_storage(app.config, Path(app.instance_path))
-    settings, redis_url = common.cache_settings(app.config)
+    The database is prepared (migrated, demo data loaded when empty) before the app is
+    returned, one process at a time (:func:`~examples.campus_forum.common.prepare_database`),
+    so any number of workers may start together. The engine is safe to fork afterwards
+    (``gunicorn --preload``).
+    """
+    settings = common.settings({"ENGINE": None, "REDIS_CLIENT": None, **(config or {})})
+    instance = common.instance_path(settings)
+    app = Flask("examples.campus_forum", instance_path=str(instance))
+    app.config.update(settings)
+
+    engine, own_engine = _engine(app, instance)
+    signer, storage = common.signer_and_storage(app.config, instance)
+    if app.config["AUTO_MIGRATE"] or app.config["LOAD_DEMO_DATA"]:
+        demo_posts = app.config["DEMO_POSTS"] if app.config["LOAD_DEMO_DATA"] else None
+        with engine.connect() as connection:
+            prepared = common.prepare_database(
+                connection, storage, migrate=app.config["AUTO_MIGRATE"], demo_posts=demo_posts
+            )
+        if prepared.demo_loaded:
+            log.info("filled the empty forum with demo data")
+    if own_engine:
+        engine.dispose()  # no connection left open in a process that may fork workers
+    cache, redis_url = common.cache_settings(app.config)
     redis = app.config["REDIS_CLIENT"] or redis_url
-    urls = SignedURLs(signer, settings=settings, redis=redis)
+    urls = SignedURLs(signer, settings=cache, redis=redis)
     urls.install(Base)
     forum = Forum(engine, urls, signer, storage, own_engine=own_engine)
     app.extensions["campus_forum"] = forum
-
-    if app.config["LOAD_DEMO_DATA"]:
-        with forum.Session() as session:
-            if not session.scalar(common.count_users()):
-                load_demo_data(session, storage)
-                log.info("filled the empty forum with demo data")
 
     app.register_blueprint(bp)
     if forum.serves_files:
@@ -139,21 +136,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     return app
 
 
-def _engine(app: Flask) -> tuple[Engine, bool]:
+def _engine(app: Flask, instance: Path) -> tuple[Engine, bool]:
     engine = app.config["ENGINE"]
     if engine is not None:
         return engine, False
-    url = app.config["DATABASE_URL"]
-    if not url:
-        Path(app.instance_path).mkdir(parents=True, exist_ok=True)
-        url = f"sqlite:///{Path(app.instance_path) / 'campus_forum.db'}"
-    return create_engine(url), True
-
-
-def init_db(engine: Engine) -> None:
-    """Bring the schema up to date (alembic migrations, or ``create_all`` without alembic)."""
-    with engine.begin() as connection:
-        common.upgrade_schema(connection)
+    engine = create_engine(common.database_url(app.config, instance))
+    common.dispose_after_fork(engine)
+    return engine, True
 
 
 def _mount_admin(app: Flask, forum: Forum) -> None:
@@ -246,6 +235,38 @@ def replace_avatar(user_id: int) -> ResponseReturnValue:
     if old_key:
         forum.storage.delete(old_key)
     return redirect(url_for("forum.user", user_id=found.id), code=303)
+
+
+@bp.post("/posts/<int:post_id>/files/<int:file_id>/delete")
+def delete_file(post_id: int, file_id: int) -> ResponseReturnValue:
+    """Remove an image or attachment from a post: the row, then the stored object.
+
+    The commit drops ``file_url:<id>`` from the cache and from every process's in-process
+    layer; the post page no longer shows the file, and its old URL answers 404.
+    """
+    forum = Forum.of(current_app)
+    session = db()
+    found = session.scalar(common.post_file_statement(post_id, file_id))
+    if found is None:
+        abort(404)
+    object_key = found.object_key
+    session.delete(found)
+    session.commit()
+    if object_key:
+        forum.storage.delete(object_key)
+    return redirect(url_for("forum.post", post_id=post_id), code=303)
+
+
+@bp.get("/healthz")
+def healthz() -> ResponseReturnValue:
+    """For load balancers and orchestrators: 200 while the database answers, else 503."""
+    try:
+        db().execute(select(1))
+        database_ok = True
+    except (SQLAlchemyError, OSError):
+        database_ok = False
+    status, body = common.health(database_ok, urls().redis_available)
+    return body, status
 
 
 def serve_file(key: str) -> Response:

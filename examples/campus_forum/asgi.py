@@ -23,9 +23,11 @@ from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, UploadFile
 from fastapi import File as FormFile
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from sqlalchemy import select
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -40,8 +42,7 @@ from sqla_signed_urls.service import CacheService
 from sqla_signed_urls.signers import LocalSigner, Signer
 
 from . import common
-from .common import REPO_ROOT, Refused
-from .demo_data import load_demo_data
+from .common import Refused
 from .models import Base, File
 from .storage import Storage
 
@@ -127,32 +128,26 @@ def create_app(config: Mapping[str, Any] | None = None) -> FastAPI:
     also pass ``ENGINE`` (an ``AsyncEngine``) or ``ENGINE_OPTIONS`` (for
     ``create_async_engine``), and ``REDIS_CLIENT`` / ``ASYNC_REDIS_CLIENT`` (redis-py
     clients). The database is migrated and, when empty, filled with demo data when the app
-    starts (its lifespan).
+    starts (its lifespan), one process at a time, so any number of workers may start
+    together; the engine is safe to fork (``gunicorn --preload``).
     """
-    settings: dict[str, Any] = {
-        "LOAD_DEMO_DATA": True,
-        "AUTO_MIGRATE": True,
-        "POSTS_PER_PAGE": 10,
-        "MAX_CONTENT_LENGTH": 2 * 1024 * 1024,
-        "UPLOAD_DIR": None,
-        "ENGINE": None,
-        "ENGINE_OPTIONS": {},
-        "REDIS_CLIENT": None,
-        "ASYNC_REDIS_CLIENT": None,
-        "INSTANCE_PATH": None,
-        **common.env_config(),
-        **(config or {}),
-    }
-    instance_path = Path(settings["INSTANCE_PATH"] or REPO_ROOT / "instance")
+    settings = common.settings(
+        {
+            "ENGINE": None,
+            "ENGINE_OPTIONS": {},
+            "REDIS_CLIENT": None,
+            "ASYNC_REDIS_CLIENT": None,
+            **(config or {}),
+        }
+    )
+    instance = common.instance_path(settings)
     engine, own_engine = settings["ENGINE"], False
     if engine is None:
-        url = settings["DATABASE_URL"]
-        if not url:
-            instance_path.mkdir(parents=True, exist_ok=True)
-            url = f"sqlite:///{instance_path / 'campus_forum.db'}"
-        engine = create_async_engine(async_database_url(url), **settings["ENGINE_OPTIONS"])
+        url = async_database_url(common.database_url(settings, instance))
+        engine = create_async_engine(url, **settings["ENGINE_OPTIONS"])
+        common.dispose_after_fork(engine.sync_engine)
         own_engine = True
-    signer, storage = common.signer_and_storage(settings, instance_path)
+    signer, storage = common.signer_and_storage(settings, instance)
     cache, redis_url = common.cache_settings(settings)
     urls = SignedURLs(
         signer,
@@ -170,11 +165,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> FastAPI:
         posts_per_page=settings["POSTS_PER_PAGE"],
         max_upload=settings["MAX_CONTENT_LENGTH"],
     )
+    demo_posts = settings["DEMO_POSTS"] if settings["LOAD_DEMO_DATA"] else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
-            await _prepare(forum, migrate=settings["AUTO_MIGRATE"], demo=settings["LOAD_DEMO_DATA"])
+            await _prepare(forum, migrate=settings["AUTO_MIGRATE"], demo_posts=demo_posts)
             yield
         finally:
             await forum.aclose()
@@ -192,15 +188,16 @@ def create_app(config: Mapping[str, Any] | None = None) -> FastAPI:
     return app
 
 
-async def _prepare(forum: AsyncForum, *, migrate: bool, demo: bool) -> None:
-    if migrate:
-        async with forum.engine.begin() as connection:
-            await connection.run_sync(common.upgrade_schema)
-    if demo:
-        async with forum.Session() as session:
-            if not await session.scalar(common.count_users()):
-                await session.run_sync(load_demo_data, forum.storage)
-                log.info("filled the empty forum with demo data")
+async def _prepare(forum: AsyncForum, *, migrate: bool, demo_posts: int | None) -> None:
+    """Migrate and load demo data, one process at a time (see ``common.prepare_database``)."""
+    if not migrate and demo_posts is None:
+        return
+    async with forum.engine.connect() as connection:
+        prepared = await connection.run_sync(
+            common.prepare_database, forum.storage, migrate=migrate, demo_posts=demo_posts
+        )
+    if prepared.demo_loaded:
+        log.info("filled the empty forum with demo data")
 
 
 # -- templates -------------------------------------------------------------------------------
@@ -311,6 +308,39 @@ async def replace_avatar(
     if old_key:
         await asyncio.to_thread(forum.storage.delete, old_key)
     return RedirectResponse(request.app.url_path_for("forum.user", user_id=found.id), 303)
+
+
+@pages.post("/posts/{post_id}/files/{file_id}/delete", name="forum.delete_file")
+async def delete_file(
+    request: Request, session: DB, post_id: int, file_id: int
+) -> RedirectResponse:
+    """Remove an image or attachment from a post: the row, then the stored object.
+
+    When ``await session.commit()`` returns, ``file_url:<id>`` is gone from Redis and every
+    process has been told to drop its in-process copy.
+    """
+    forum = AsyncForum.of(request.app)
+    found = await session.scalar(common.post_file_statement(post_id, file_id))
+    if found is None:
+        raise HTTPException(404)
+    object_key = found.object_key
+    await session.delete(found)
+    await session.commit()
+    if object_key:
+        await asyncio.to_thread(forum.storage.delete, object_key)
+    return RedirectResponse(request.app.url_path_for("forum.post", post_id=post_id), 303)
+
+
+@pages.get("/healthz", name="forum.healthz")
+async def healthz(request: Request, session: DB) -> JSONResponse:
+    """For load balancers and orchestrators: 200 while the database answers, else 503."""
+    try:
+        await session.execute(select(1))
+        database_ok = True
+    except (SQLAlchemyError, OSError):
+        database_ok = False
+    status, body = common.health(database_ok, AsyncForum.of(request.app).urls.redis_available)
+    return JSONResponse(body, status_code=status)
 
 
 async def serve_file(request: Request, key: str) -> Response:

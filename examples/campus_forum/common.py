@@ -1,5 +1,7 @@
 """What the Flask and the FastAPI forum share: configuration from the environment, the signer
-and storage, schema migration, the page queries, the avatar upload and the ``/files`` checks.
+and storage, preparing the database (migrations and demo data, once however many workers start
+together), fork safety, the page queries, the avatar upload, the ``/files`` checks and the
+redaction of signatures in server logs.
 
 Nothing here knows a web framework; ``app.py`` (Flask) and ``asgi.py`` (FastAPI) are thin
 layers over it.
@@ -7,40 +9,57 @@ layers over it.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import mimetypes
 import os
 import re
 import secrets
+import tempfile
+import threading
 import time
-from collections.abc import Iterable, Mapping
+import weakref
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Select, func, select
-from sqlalchemy.orm import selectinload
+from sqlalchemy import Connection, Engine, Select, func, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, selectinload
 
 from sqla_signed_urls import Settings, SignatureError
 from sqla_signed_urls.signers import LocalSigner, OSSSigner, Signer
 
+from .demo_data import DEMO_POSTS, load_demo_data
 from .images import identicon_png, sniff_image_type
-from .models import Base, File, Post, User
+from .models import File, Post, User
 from .storage import LocalStorage, OSSStorage, Storage
 
 __all__ = [
+    "DEFAULTS",
     "ENV_SETTINGS",
     "FileReply",
     "NewAvatar",
+    "Prepared",
     "RedactSignatures",
     "Refused",
     "cache_settings",
     "check_file_request",
+    "database_url",
+    "dispose_after_fork",
+    "health",
     "index_statement",
+    "instance_path",
     "new_avatar",
     "page_files",
+    "post_file_statement",
     "post_statement",
+    "prepare_database",
+    "redact",
     "redact_access_logs",
+    "settings",
     "signer_and_storage",
     "upgrade_schema",
     "user_posts_statement",
@@ -66,14 +85,92 @@ ENV_SETTINGS = (
     "OSS_SESSION_TOKEN",
     "INSTANCE_PATH",
     "UPLOAD_DIR",
+    "AUTO_MIGRATE",
+    "LOAD_DEMO_DATA",
+    "DEMO_POSTS",
 )
-#: Loggers that write request lines (with their query strings) to the console or to disk.
-ACCESS_LOGGERS = ("werkzeug", "uvicorn.access", "gunicorn.access")
+#: What the apps use where neither the environment nor their configuration says otherwise.
+DEFAULTS: dict[str, Any] = {
+    **dict.fromkeys(ENV_SETTINGS),
+    "AUTO_MIGRATE": True,
+    "LOAD_DEMO_DATA": True,
+    "DEMO_POSTS": DEMO_POSTS,
+    "POSTS_PER_PAGE": 10,
+    "MAX_CONTENT_LENGTH": 2 * 1024 * 1024,
+}
+#: Loggers whose lines may hold request URLs with their query strings: the web servers' access
+#: logs, and their error logs (gunicorn names the request of a failed response).
+ACCESS_LOGGERS = (
+    "werkzeug",
+    "uvicorn.access",
+    "uvicorn.error",
+    "gunicorn.access",
+    "gunicorn.error",
+)
+#: Key of the PostgreSQL advisory lock that lets one process at a time prepare the database.
+PREPARE_LOCK_KEY = 0x63616D7075735F66  # "campus_f"
+_ON = {"1", "true", "yes", "on"}
+_OFF = {"0", "false", "no", "off"}
 
 
-def env_config() -> dict[str, str | None]:
-    """The :data:`ENV_SETTINGS` from the environment (unset or empty: ``None``)."""
-    return {name: os.environ.get(name) or None for name in ENV_SETTINGS}
+def env_config() -> dict[str, str]:
+    """The :data:`ENV_SETTINGS` that are set, and not empty, in the environment."""
+    return {name: value for name in ENV_SETTINGS if (value := os.environ.get(name))}
+
+
+def settings(config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """An app's settings: :data:`DEFAULTS`, overridden by the environment, overridden by
+    ``config``. Switches and numbers may be given as text (``AUTO_MIGRATE=0``,
+    ``DEMO_POSTS=200``); a value that is neither raises ``ValueError`` naming the setting."""
+    merged = {**DEFAULTS, **env_config(), **(config or {})}
+    for name in ("AUTO_MIGRATE", "LOAD_DEMO_DATA"):
+        merged[name] = _switch(name, merged[name])
+    merged["DEMO_POSTS"] = _count("DEMO_POSTS", merged["DEMO_POSTS"])
+    return merged
+
+
+def _switch(name: str, value: Any) -> bool:
+    if isinstance(value, str):
+        if value.strip().lower() in _ON:
+            return True
+        if value.strip().lower() in _OFF:
+            return False
+        raise ValueError(f"{name}={value!r}: expected 1 or 0 (true/false, yes/no, on/off)")
+    return bool(value)
+
+
+def _count(name: str, value: Any) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={value!r}: expected a whole number") from None
+    if number < 0:
+        raise ValueError(f"{name}={value!r}: expected 0 or more")
+    return number
+
+
+def instance_path(config: Mapping[str, Any]) -> Path:
+    """``INSTANCE_PATH`` as an absolute path; by default ``instance/`` in the checkout."""
+    given = config.get("INSTANCE_PATH")
+    return Path(given).expanduser().resolve() if given else REPO_ROOT / "instance"
+
+
+def database_url(config: Mapping[str, Any], instance: Path) -> str:
+    """``DATABASE_URL``, or SQLite in ``<instance>/campus_forum.db`` (directory created)."""
+    url: str | None = config.get("DATABASE_URL")
+    if url:
+        return url
+    instance.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{instance / 'campus_forum.db'}"
+
+
+def sync_database_url(url: str) -> str:
+    """``url`` with a sync driver (``postgresql+asyncpg`` becomes ``postgresql+psycopg``,
+    ``sqlite+aiosqlite`` becomes ``sqlite``), for commands that run outside an event loop."""
+    parsed = make_url(url)
+    drivers = {"postgresql+asyncpg": "postgresql+psycopg", "sqlite+aiosqlite": "sqlite"}
+    driver = drivers.get(parsed.drivername)
+    return parsed.set(drivername=driver).render_as_string(False) if driver else url
 
 
 def cache_settings(config: Mapping[str, Any]) -> tuple[Settings, str | None]:
@@ -87,34 +184,65 @@ def cache_settings(config: Mapping[str, Any]) -> tuple[Settings, str | None]:
     )
 
 
-# -- signer, storage, schema -----------------------------------------------------------------
+# -- signer, storage, secret -----------------------------------------------------------------
 
 
 def signer_and_storage(config: Mapping[str, Any], instance_path: Path) -> tuple[Signer, Storage]:
     """OSS when any ``OSS_*`` setting is given, else ``LocalSigner`` over files in
-    ``UPLOAD_DIR`` (default ``<instance>/uploads``) with ``FILES_SECRET``."""
+    ``UPLOAD_DIR`` (default ``<instance>/uploads``) with ``FILES_SECRET``.
+
+    The ``LocalSigner``'s name carries a short fingerprint of the secret: cached URLs name
+    their signer, so after ``FILES_SECRET`` changes the ones signed with the old secret are
+    signed again instead of served.
+    """
     oss_env = {k: v for k, v in config.items() if isinstance(k, str) and k.startswith("OSS_") and v}
     if oss_env:
         signer = OSSSigner.from_env(oss_env)
         return signer, OSSStorage(signer.bucket)
     secret = config.get("FILES_SECRET") or instance_secret(instance_path)
     upload_dir = config.get("UPLOAD_DIR") or instance_path / "uploads"
-    return LocalSigner(secret, base_url="/files"), LocalStorage(upload_dir)
+    fingerprint = hashlib.blake2b(secret.encode(), digest_size=4, person=b"files-key").hexdigest()
+    signer = LocalSigner(secret, base_url="/files", name=f"local:/files#{fingerprint}")
+    return signer, LocalStorage(upload_dir)
 
 
 def instance_secret(instance_path: Path) -> str:
-    """A secret kept in ``<instance>/files_secret``, so signed URLs survive restarts."""
+    """A secret kept in ``<instance>/files_secret``, so signed URLs survive restarts.
+
+    Workers that start together agree on it: each writes a candidate to a private temporary
+    file and links it into place, which only one of them can do; the file is complete before
+    anyone can read it, and everyone reads the one that got there first.
+    """
     path = instance_path / "files_secret"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_hex(32))
-        path.chmod(0o600)
-    return path.read_text().strip()
+        fd, candidate = tempfile.mkstemp(dir=path.parent, prefix=".files_secret-")  # mode 0600
+        try:
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_hex(32))
+                out.flush()
+                os.fsync(out.fileno())
+            with contextlib.suppress(FileExistsError):
+                os.link(candidate, path)
+        except OSError as exc:
+            raise RuntimeError(
+                f"cannot create {path} ({exc.strerror}); set FILES_SECRET instead"
+            ) from None
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(candidate)
+    secret = path.read_text().strip()
+    if not secret:
+        raise RuntimeError(f"{path} is empty: delete it (a new secret is made) or set FILES_SECRET")
+    return secret
+
+
+# -- preparing the database ------------------------------------------------------------------
 
 
 def upgrade_schema(connection: Connection) -> None:
     """Bring the schema up to date with the alembic migrations of this example
-    (``migrations/`` at the repository root); without alembic, create the tables directly.
+    (``migrations/`` at the repository root). Needs alembic (the ``example`` extra).
 
     Async apps run it with ``await connection.run_sync(upgrade_schema)``.
     """
@@ -123,15 +251,129 @@ def upgrade_schema(connection: Connection) -> None:
         from alembic import command
         from alembic.config import Config
     except ImportError:
-        Base.metadata.create_all(connection)
-        return
-    if not ini.exists():
-        Base.metadata.create_all(connection)
-        return
+        raise RuntimeError(
+            "the Campus Forum migrates its database with alembic, which is not installed: "
+            "pip install -e '.[example]'"
+        ) from None
     cfg = Config(str(ini))
     cfg.attributes["configure_logger"] = False
     cfg.attributes["connection"] = connection
     command.upgrade(cfg, "head")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What :func:`prepare_database` did."""
+
+    #: The schema was brought up to date.
+    migrated: bool
+    #: Demo data was loaded now (not asked for, or the forum already had users: False).
+    demo_loaded: bool
+
+
+def prepare_database(
+    connection: Connection,
+    storage: Storage,
+    *,
+    migrate: bool = True,
+    demo_posts: int | None = None,
+) -> Prepared:
+    """Migrate the schema and, when ``demo_posts`` is given and the forum has no users, load
+    that many posts of demo data: in one transaction, one process at a time.
+
+    Any number of workers may call it at once on an empty database: on PostgreSQL the
+    transaction starts by taking an advisory lock (``pg_advisory_xact_lock``), on a SQLite
+    file an exclusive lock on ``<database>.lock`` is held until the commit; whoever comes next
+    finds the schema at head and the users there, and does nothing. ``connection`` must not
+    be in a transaction; async apps call
+    ``await connection.run_sync(prepare_database, storage, ...)``.
+    """
+    loaded = False
+    with _file_lock(_sqlite_lock_path(connection)), connection.begin():
+        if connection.dialect.name == "postgresql":
+            connection.execute(select(func.pg_advisory_xact_lock(PREPARE_LOCK_KEY)))
+        if migrate:
+            upgrade_schema(connection)
+        if demo_posts is not None:
+            # Joins the transaction: its commit() flushes, the commit above makes it final.
+            with Session(bind=connection) as session:
+                if not session.scalar(count_users()):
+                    load_demo_data(session, storage, posts=demo_posts)
+                    loaded = True
+    return Prepared(migrate, loaded)
+
+
+def _sqlite_lock_path(connection: Connection) -> Path | None:
+    url = connection.engine.url
+    database = url.database
+    if url.get_backend_name() != "sqlite" or database in (None, "", ":memory:"):
+        return None
+    if database.startswith("file:"):  # a URI filename: no lock file beside it
+        return None
+    return Path(database + ".lock")
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path | None) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (nothing without a path, or without ``fcntl``)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: one process at a time is up to the user
+        path = None
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# -- fork safety -----------------------------------------------------------------------------
+
+_forked_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+_fork_hook_lock = threading.Lock()
+_fork_hook_registered = False
+
+
+def dispose_after_fork(engine: Engine) -> None:
+    """Give a forked child a fresh connection pool for ``engine``.
+
+    ``gunicorn --preload`` builds the app, and so uses its engine, in the master process and
+    then forks the workers: a pooled connection copied into several processes is one socket
+    shared by all of them. In each child this runs ``engine.dispose(close=False)``, the way
+    SQLAlchemy documents for multiprocessing: the child forgets the inherited connections
+    without closing them (they still belong to the parent) and opens its own. For an
+    ``AsyncEngine``, pass ``engine.sync_engine``.
+    """
+    global _fork_hook_registered
+    with _fork_hook_lock:
+        if not _fork_hook_registered and hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=_dispose_in_child)
+            _fork_hook_registered = True
+        _forked_engines.add(engine)
+
+
+def _dispose_in_child() -> None:
+    for engine in list(_forked_engines):
+        engine.dispose(close=False)
+
+
+# -- health ----------------------------------------------------------------------------------
+
+
+def health(database_ok: bool, redis_available: bool) -> tuple[int, dict[str, str]]:
+    """The status and body of ``/healthz``: 503 when the database does not answer. Redis
+    being down does not fail it: pages keep working, with URLs signed directly."""
+    body = {
+        "status": "ok" if database_ok else "unavailable",
+        "database": "ok" if database_ok else "unavailable",
+        "redis": "ok" if redis_available else "unavailable: signing directly",
+    }
+    return (200 if database_ok else 503), body
 
 
 def count_users() -> Select[tuple[int]]:
@@ -176,6 +418,13 @@ def user_posts_statement(user_id: int) -> Select[tuple[Post]]:
         .where(Post.author_id == user_id)
         .options(selectinload(Post.files))
         .order_by(Post.created_at.desc())
+    )
+
+
+def post_file_statement(post_id: int, file_id: int) -> Select[tuple[File]]:
+    """One of a post's images or attachments (never an avatar)."""
+    return select(File).where(
+        File.id == file_id, File.post_id == post_id, File.file_type != "avatar"
     )
 
 
@@ -288,32 +537,51 @@ def check_file_request(
 # -- logs ------------------------------------------------------------------------------------
 
 
+#: Signatures (``signature``, ``x-oss-signature``, ``X-Amz-Signature``) and the session tokens
+#: some URLs carry (``security-token``, ``X-Amz-Security-Token``) in a query string.
+SIGNATURE_PATTERN = re.compile(
+    r"(?i)([?&](?:x-(?:oss|amz)-)?(?:signature|security-token)=)[^&\s\"']+"
+)
+
+
+def redact(text: str) -> str:
+    """``text`` with URL signatures and tokens blanked: ``?...&signature=<redacted>``."""
+    return SIGNATURE_PATTERN.sub(r"\1<redacted>", text)
+
+
 class RedactSignatures(logging.Filter):
     """Blanks URL signatures and tokens in log lines: a signed URL is a bearer credential.
 
     Web servers log every request line, ``/files/...?signature=...`` included; the apps put
-    this filter on the access loggers (:data:`ACCESS_LOGGERS`)::
+    this filter on the servers' loggers (:data:`ACCESS_LOGGERS`)::
 
         logging.getLogger("uvicorn.access").addFilter(RedactSignatures())
+
+    It rewrites the message and its arguments, positional (werkzeug, uvicorn) or named
+    (gunicorn's access log passes its atoms as one mapping), and keeps every record.
     """
 
-    #: Signatures (``signature``, ``x-oss-signature``, ``X-Amz-Signature``) and the session
-    #: tokens some URLs carry (``security-token``, ``X-Amz-Security-Token``).
-    PATTERN = re.compile(r"(?i)([?&](?:x-(?:oss|amz)-)?(?:signature|security-token)=)[^&\s\"']+")
+    #: Kept for code that used the pattern through the filter.
+    PATTERN = SIGNATURE_PATTERN
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.msg, str):
-            record.msg = self.PATTERN.sub(r"\1<redacted>", record.msg)
-        if isinstance(record.args, tuple):
-            record.args = tuple(
-                self.PATTERN.sub(r"\1<redacted>", a) if isinstance(a, str) else a
-                for a in record.args
-            )
+            record.msg = redact(record.msg)
+        args = record.args
+        if isinstance(args, tuple):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in args)
+        elif isinstance(args, MutableMapping):
+            # In place: gunicorn's atoms are a dict subclass with its own lookup rules.
+            for name, value in list(args.items()):
+                if isinstance(value, str):
+                    args[name] = redact(value)
+        elif isinstance(args, Mapping):
+            record.args = {k: redact(v) if isinstance(v, str) else v for k, v in args.items()}
         return True
 
 
 def redact_access_logs() -> None:
-    """Put :class:`RedactSignatures` on every access logger (once)."""
+    """Put :class:`RedactSignatures` on every logger of :data:`ACCESS_LOGGERS` (once)."""
     for name in ACCESS_LOGGERS:
         access_log = logging.getLogger(name)
         if not any(isinstance(f, RedactSignatures) for f in access_log.filters):

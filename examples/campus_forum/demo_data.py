@@ -11,7 +11,10 @@ from .images import gradient_png, identicon_png
 from .models import File, Post, User
 from .storage import Storage
 
-__all__ = ["load_demo_data"]
+__all__ = ["DEMO_POSTS", "load_demo_data"]
+
+#: Posts in the demo forum unless asked otherwise (``DEMO_POSTS``).
+DEMO_POSTS = 24
 
 USERS = [
     ("lin.wei", "Lin Wei"),
@@ -78,7 +81,7 @@ PALETTE = [
 
 
 def load_demo_data(
-    session: Session, storage: Storage, *, posts: int = 24, variant: int = 42
+    session: Session, storage: Storage, *, posts: int = DEMO_POSTS, variant: int = 42
 ) -> None:
     """Fill an empty database with users, avatars, posts, images and attachments, and store
     every file's contents in ``storage``. ``variant`` drives the random choices: the same

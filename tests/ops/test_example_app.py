@@ -224,6 +224,55 @@ def test_replacing_without_an_upload_draws_a_new_avatar(app: Flask, client: Flas
     assert client.get(after).data.startswith(b"\x89PNG")
 
 
+def test_removing_a_file_from_a_post_invalidates_its_url(
+    app: Flask, client: FlaskClient, key_prefix: str
+) -> None:
+    forum = Forum.of(app)
+    with forum.Session() as session:
+        image = session.scalars(select(File).where(File.file_type == "post_image")).first()
+        assert image is not None and image.post_id is not None
+        file_id, post_id = image.id, image.post_id
+    before = get_page(client, f"/posts/{post_id}")
+    src = next(i["src"] for i in before.images if i.get("data-file-id") == str(file_id))
+    assert client.get(src).status_code == 200
+    invalidated: list[str] = []
+
+    def receive(sender: Any, **kwargs: Any) -> None:
+        invalidated.extend(kwargs["keys"])
+
+    with signals.url_invalidated.connected_to(receive):
+        response = client.post(f"/posts/{post_id}/files/{file_id}/delete")
+
+    assert response.status_code == 303
+    assert response.headers["Location"] == f"/posts/{post_id}"
+    assert invalidated == [f"{key_prefix}{file_id}"]
+    after = get_page(client, f"/posts/{post_id}")
+    assert str(file_id) not in [i.get("data-file-id") for i in after.images]
+    assert client.get(src).status_code == 404  # the object is gone from storage
+    assert client.post(f"/posts/{post_id}/files/{file_id}/delete").status_code == 404
+
+
+def test_only_a_posts_own_files_can_be_removed(app: Flask, client: FlaskClient) -> None:
+    forum = Forum.of(app)
+    with forum.Session() as session:
+        avatar = session.scalars(select(File).where(File.file_type == "avatar")).first()
+        image = session.scalars(select(File).where(File.file_type == "post_image")).first()
+        assert avatar is not None and image is not None and image.post_id is not None
+
+    assert client.post(f"/posts/{image.post_id}/files/{avatar.id}/delete").status_code == 404
+    assert client.post(f"/posts/{image.post_id + 1000}/files/{image.id}/delete").status_code == 404
+    with forum.Session() as session:
+        assert session.get(File, avatar.id) is not None
+        assert session.get(File, image.id) is not None
+
+
+def test_the_health_check(app: Flask, client: FlaskClient) -> None:
+    response = client.get("/healthz")
+
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok", "database": "ok", "redis": "ok"}
+
+
 def test_a_page_resolves_all_its_urls_in_one_redis_round_trip(
     app: Flask, client: FlaskClient, counting: CountingRedis
 ) -> None:

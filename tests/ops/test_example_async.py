@@ -237,6 +237,43 @@ def test_replacing_an_avatar_invalidates_before_the_answer(tmp_path: Path) -> No
     run(tmp_path, body)
 
 
+def test_removing_a_file_from_a_post_invalidates_before_the_answer(tmp_path: Path) -> None:
+    async def body(f: Forum) -> None:
+        listed = re.findall(r'href="/posts/(\d+)"', (await f.client.get("/")).text)
+        post_id, images = 0, []
+        for post_id in map(int, listed):  # the first post with an image
+            images = [
+                i
+                for i in (await f.page(f"/posts/{post_id}")).images
+                if "avatar" not in i.get("class", "")
+            ]
+            if images:
+                break
+        image = images[0]
+        file_id = int(image["data-file-id"])
+        assert await f.stored(file_id) is not None
+
+        response = await f.client.post(f"/posts/{post_id}/files/{file_id}/delete")
+
+        assert response.status_code == 303
+        assert response.headers["Location"] == f"/posts/{post_id}"
+        assert await f.stored(file_id) is None  # gone when the answer came
+        after = await f.page(f"/posts/{post_id}")
+        assert str(file_id) not in [i.get("data-file-id") for i in after.images]
+        assert (await f.client.get(image["src"])).status_code == 404
+        again = await f.client.post(f"/posts/{post_id}/files/{file_id}/delete")
+        assert again.status_code == 404
+        avatar_id = int((await f.page("/users/1")).images[0]["data-file-id"])
+        avatar = await f.client.post(f"/posts/{post_id}/files/{avatar_id}/delete")
+        assert avatar.status_code == 404
+
+        health = await f.client.get("/healthz")
+        assert health.status_code == 200
+        assert health.json() == {"status": "ok", "database": "ok", "redis": "ok"}
+
+    run(tmp_path, body)
+
+
 def test_uploads_that_are_not_images_or_too_large_are_refused(tmp_path: Path) -> None:
     async def body(f: Forum) -> None:
         before = (await f.page("/users/2")).images[0]["src"]
