@@ -181,9 +181,10 @@ def index() -> str:
     page = max(1, request.args.get("page", 1, type=int) or 1)
     session = db()
     total = session.scalar(common.count_posts()) or 0
-    # prefetch(): the URLs of every file the query loads (avatars, images, attachments) are
-    # read in one Redis round trip, so each file.url the template reads is an in-process hit.
-    stmt = common.index_statement(page, per_page).options(urls().prefetch())
+    # prefetch(): the URLs of every file the query loads (avatars and their thumbnails,
+    # images, attachments) are read in one Redis round trip, so each file.url the template
+    # reads is an in-process hit.
+    stmt = common.index_statement(page, per_page).options(common.page_urls(urls()))
     posts = session.scalars(stmt).all()
     return render_template(
         "index.html", posts=posts, page=page, pages=max(1, -(-total // per_page))
@@ -192,7 +193,7 @@ def index() -> str:
 
 @bp.get("/posts/<int:post_id>")
 def post(post_id: int) -> str:
-    found = db().scalar(common.post_statement(post_id).options(urls().prefetch()))
+    found = db().scalar(common.post_statement(post_id).options(common.page_urls(urls())))
     if found is None:
         abort(404)
     return render_template("post.html", post=found)
@@ -201,10 +202,10 @@ def post(post_id: int) -> str:
 @bp.get("/users/<int:user_id>")
 def user(user_id: int) -> str:
     session = db()
-    found = session.scalar(common.user_statement(user_id).options(urls().prefetch()))
+    found = session.scalar(common.user_statement(user_id).options(common.page_urls(urls())))
     if found is None:
         abort(404)
-    posts = session.scalars(common.user_posts_statement(user_id).options(urls().prefetch()))
+    posts = session.scalars(common.user_posts_statement(user_id).options(common.page_urls(urls())))
     return render_template("user.html", user=found, posts=posts.all())
 
 

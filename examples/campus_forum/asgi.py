@@ -1,5 +1,6 @@
 """The Campus Forum on FastAPI and ``AsyncSession``: the pages of the Flask app, served by an
-async app, with the URLs of every page read in one ``await urls.aresolve(...)``.
+async app on ``AsyncSession``: each page's query carries ``urls.prefetch()``, so the page's
+URLs are read with one awaited ``MGET`` on the ``redis.asyncio`` client.
 
 Run it on embedded defaults (SQLite through aiosqlite in ``instance/``, an in-process Redis,
 ``LocalSigner``)::
@@ -66,8 +67,8 @@ class AsyncForum:
 
     forum = AsyncForum.of(app)
     async with forum.Session() as session:
-        files = (await session.scalars(select(File))).all()
-        urls = await forum.urls.aresolve(files)
+        files = (await session.scalars(select(File).options(forum.urls.prefetch()))).all()
+        [file.url for file in files]  # in-process hits: the query read them all at once
     """
 
     def __init__(
@@ -95,12 +96,6 @@ class AsyncForum:
     def of(app: FastAPI) -> AsyncForum:
         forum: AsyncForum = app.state.forum
         return forum
-
-    async def resolve(self, files: list[File]) -> list[str | None]:
-        """Signed URLs for every file on a page, in one batch (one awaited ``MGET``, at most
-        one pipelined write). Afterwards each ``file.url`` the templates read is an
-        in-process hit: a coroutine never waits on Redis for it."""
-        return await self.urls.aresolve(files)
 
     async def aclose(self) -> None:
         """Undo ``install()``, close the cache's clients and threads, release the database."""
@@ -247,8 +242,11 @@ async def index(request: Request, session: DB, page: str = "1") -> HTMLResponse:
     forum = AsyncForum.of(request.app)
     number = max(1, int(page)) if page.isdigit() else 1
     total = await session.scalar(common.count_posts()) or 0
-    posts = (await session.scalars(common.index_statement(number, forum.posts_per_page))).all()
-    await forum.resolve(common.page_files(posts, avatars_of=[p.author for p in posts]))
+    # prefetch(): once the query has loaded the page (posts, authors, avatars, files), every
+    # URL on it (files and avatar thumbnails) is read with one awaited MGET on the async
+    # client, so each file.url the template reads is an in-process hit.
+    stmt = common.index_statement(number, forum.posts_per_page)
+    posts = (await session.scalars(stmt.options(common.page_urls(forum.urls)))).all()
     return render(
         request,
         "index.html",
@@ -260,20 +258,20 @@ async def index(request: Request, session: DB, page: str = "1") -> HTMLResponse:
 
 @pages.get("/posts/{post_id}", name="forum.post", response_class=HTMLResponse)
 async def post(request: Request, session: DB, post_id: int) -> HTMLResponse:
-    found = await session.scalar(common.post_statement(post_id))
+    urls = AsyncForum.of(request.app).urls
+    found = await session.scalar(common.post_statement(post_id).options(common.page_urls(urls)))
     if found is None:
         raise HTTPException(404)
-    await AsyncForum.of(request.app).resolve(common.page_files([found], [found.author]))
     return render(request, "post.html", post=found)
 
 
 @pages.get("/users/{user_id}", name="forum.user", response_class=HTMLResponse)
 async def user(request: Request, session: DB, user_id: int) -> HTMLResponse:
-    found = await session.scalar(common.user_statement(user_id))
+    option = common.page_urls(AsyncForum.of(request.app).urls)
+    found = await session.scalar(common.user_statement(user_id).options(option))
     if found is None:
         raise HTTPException(404)
-    posts = (await session.scalars(common.user_posts_statement(user_id))).all()
-    await AsyncForum.of(request.app).resolve(common.page_files(posts, [found]))
+    posts = (await session.scalars(common.user_posts_statement(user_id).options(option))).all()
     return render(request, "user.html", user=found, posts=posts)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import logging
 import mimetypes
 import os
@@ -20,7 +21,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from sqlalchemy import Connection, Engine, Select, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, selectinload
 
-from sqla_signed_urls import Settings, SignatureError
+from sqla_signed_urls import Settings, SignatureError, SignedURLs
 from sqla_signed_urls.signers import LocalSigner, OSSSigner, Signer
 
 from .demo_data import DEMO_POSTS, load_demo_data
@@ -53,7 +54,7 @@ __all__ = [
     "index_statement",
     "instance_path",
     "new_avatar",
-    "page_files",
+    "page_urls",
     "post_file_statement",
     "post_statement",
     "prepare_database",
@@ -428,13 +429,6 @@ def post_file_statement(post_id: int, file_id: int) -> Select[tuple[File]]:
     )
 
 
-def page_files(posts: Iterable[Post], avatars_of: Iterable[User]) -> list[File]:
-    """Every file a page shows, once each: the avatars of ``avatars_of`` and the posts' files."""
-    found = {user.avatar.id: user.avatar for user in avatars_of if user.avatar is not None}
-    found.update((f.id, f) for post in posts for f in post.files)
-    return list(found.values())
-
-
 # -- avatar upload ---------------------------------------------------------------------------
 
 
@@ -506,32 +500,75 @@ def check_file_request(
 ) -> FileReply:
     """Check a ``LocalSigner`` URL as the browser sent it (quoted path and query string) and
     read the object. Raises :class:`Refused` 403 unless the signature checks out, 404 when
-    the object is missing.
+    the object is missing, 400 for an image operation this app does not do.
 
-    The URL changes whenever the file does, so browsers may keep the response for as long as
-    the URL stays valid.
+    The URL's signed parameters say how to answer: ``response-content-disposition`` and
+    ``response-content-type`` become those headers (attachments download under their name),
+    and ``x-oss-process=image/resize,w_<n>`` (the ``thumb`` variant) returns the image scaled
+    to ``n`` pixels wide, as OSS does. The URL changes whenever the file does, so browsers may
+    keep the response for as long as the URL stays valid.
     """
     try:
-        object_key = signer.verify(signed)
+        found = signer.verified(signed)
     except SignatureError:
         raise Refused(403) from None
-    data = storage.get(object_key)
+    data = storage.get(found.object_key)
     if data is None:
         raise Refused(404)
-    content_type = mimetypes.guess_type(object_key)[0] or "application/octet-stream"
-    if content_type.startswith("text/"):
+    params = found.params
+    content_type = (
+        params.get("response-content-type")
+        or mimetypes.guess_type(found.object_key)[0]
+        or "application/octet-stream"
+    )
+    process = params.get("x-oss-process")
+    if process is not None:
+        data = resized(data, process)
+    if content_type.startswith("text/") and "charset" not in content_type:
         content_type += "; charset=utf-8"
     expires = re.search(r"[?&]expires=(\d+)", signed)
     now = time.time() if now is None else now
     remaining = max(0, int(expires.group(1)) - int(now)) if expires else 0
-    return FileReply(
-        data,
-        {
-            "Content-Type": content_type,
-            "Cache-Control": f"private, max-age={remaining}, immutable",
-            "X-Content-Type-Options": "nosniff",
-        },
-    )
+    headers = {
+        "Content-Type": content_type,
+        "Cache-Control": f"private, max-age={remaining}, immutable",
+        "X-Content-Type-Options": "nosniff",
+    }
+    disposition = params.get("response-content-disposition")
+    if disposition is not None:
+        headers["Content-Disposition"] = disposition
+    return FileReply(data, headers)
+
+
+_RESIZE = re.compile(r"image/resize,w_(\d{1,4})\Z")
+
+
+def resized(data: bytes, process: str) -> bytes:
+    """``data`` (an image) scaled down to the width ``process`` asks for
+    (``image/resize,w_<n>``, OSS's syntax), in its own format; never scaled up."""
+    match = _RESIZE.match(process)
+    if match is None or not 1 <= int(match.group(1)) <= 4096:
+        raise Refused(400, f"unsupported image operation {process!r}")
+    from PIL import Image, UnidentifiedImageError  # the example extra
+
+    width = int(match.group(1))
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            kind = image.format or "PNG"
+            if image.width > width:
+                height = max(1, round(image.height * width / image.width))
+                image = image.resize((width, height))
+            out = io.BytesIO()
+            image.save(out, format=kind)
+    except (UnidentifiedImageError, OSError):
+        raise Refused(400, "not an image") from None
+    return out.getvalue()
+
+
+def page_urls(urls: SignedURLs) -> Any:
+    """The query option the apps' pages use: every URL a page shows (files and avatar
+    thumbnails) read in one Redis round trip right after the query."""
+    return urls.prefetch("url", "thumb_url")
 
 
 # -- logs ------------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 ``files`` table holding every stored object.
 
 ``File.object_key`` is an :class:`~sqla_signed_urls.ObjectKey` column, so once
-``SignedURLs.install(Base)`` has run, ``file.url`` is a cached signed URL.
+``SignedURLs.install(Base)`` has run, ``file.url`` is a cached signed URL: attachments download
+under their original file name, and ``file.thumb_url`` is a 64-pixel-wide variant of an image
+(the store resizes it: OSS itself, or the app's own ``/files`` route).
 """
 
 from __future__ import annotations
@@ -12,14 +14,24 @@ import datetime as dt
 from sqlalchemy import DateTime, ForeignKey, Integer, String, Text, and_
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from sqla_signed_urls import ObjectKey
+from sqla_signed_urls import ObjectKey, Variant
 
 #: The values of ``File.file_type``.
 FILE_TYPES = ("avatar", "post_image", "attachment")
 
 
+#: How the ``thumb`` variant asks for a resized image: OSS's own image-processing parameter,
+#: which the app's ``/files`` route understands too.
+THUMBNAIL = {"x-oss-process": "image/resize,w_64"}
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
+
+
+def download_name(file: File) -> str | None:
+    """Attachments download under their original name; images are shown."""
+    return file.filename if file.file_type == "attachment" else None
 
 
 class Base(DeclarativeBase):
@@ -69,12 +81,20 @@ class Post(Base):
 
 
 class File(Base):
-    """One stored object. ``file.url`` is its signed URL (cached under ``file_url:<id>``)."""
+    """One stored object. ``file.url`` is its signed URL (cached under ``file_url:<id>``),
+    ``file.thumb_url`` its thumbnail's (under ``file_url:<id>:thumb``)."""
 
     __tablename__ = "files"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    object_key: Mapped[str | None] = mapped_column(ObjectKey(512))
+    object_key: Mapped[str | None] = mapped_column(
+        ObjectKey(
+            512,
+            download_name=download_name,
+            content_type="content_type",
+            variants={"thumb": Variant(params=THUMBNAIL)},
+        )
+    )
     file_type: Mapped[str] = mapped_column(String(32), index=True)
     filename: Mapped[str] = mapped_column(String(255))
     content_type: Mapped[str] = mapped_column(String(100))

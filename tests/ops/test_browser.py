@@ -287,7 +287,8 @@ def test_images_load_once_and_a_new_avatar_shows_at_once(
 
     hits = live_server.hits
 
-    # 1. The post list: every image loads through its signed URL, each fetched once.
+    # 1. The post list: every image loads through its signed URL, each fetched once; avatars
+    #    come through their thumbnail variant, scaled by the server to 64 pixels wide.
     browser.get(live_server.base + "/")
     first = images(browser)
     assert len(first) >= 10
@@ -297,6 +298,23 @@ def test_images_load_once_and_a_new_avatar_shows_at_once(
     assert set(fetched) == sources
     assert all(n == 1 for n in fetched.values()), fetched
     assert hits.statuses() == {200}
+    avatars = [i for i in first if i["user"]]
+    assert avatars and all("x-oss-process=image%2Fresize%2Cw_64" in i["src"] for i in avatars)
+    assert all(i["width"] == 64 for i in avatars), avatars
+
+    # An attachment downloads under its original name: the header the browser receives.
+    link = browser.execute_script(
+        "const a = document.querySelector('.attachments a');"
+        "return a && {href: a.getAttribute('href'), name: a.textContent.trim()}"
+    )
+    assert link, "no attachment on the first page"
+    disposition = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "fetch(arguments[0]).then(r => done(r.headers.get('content-disposition')));",
+        link["href"],
+    )
+    assert disposition == f'attachment; filename="{link["name"]}"'
+    fetched = hits.count()  # the images, and that one attachment
 
     # 2. Another page and back: identical URLs, so the browser cache serves every image.
     post_with_images = browser.execute_script(
@@ -336,7 +354,9 @@ def test_images_load_once_and_a_new_avatar_shows_at_once(
     WebDriverWait(browser, 30).until(lambda d: d.current_url == live_server.base + "/")
     listed = [i for i in images(browser) if i["user"] == user_id]
     assert listed
-    assert all(i["src"] == new_avatar and (i["width"], i["height"]) == (37, 23) for i in listed)
+    thumbnail = listed[0]["src"]  # the new file's thumbnail: never scaled up
+    assert thumbnail.split("?")[0] == new_avatar.split("?")[0] and thumbnail != new_avatar
+    assert all(i["src"] == thumbnail and (i["width"], i["height"]) == (37, 23) for i in listed)
     assert old_avatar not in {i["src"] for i in listed}
-    assert hits.count()[new_avatar] == 1  # cached by the browser from the profile page
+    assert hits.count()[thumbnail] == 1  # fetched once, then from the browser cache
     assert hits.statuses() == {200}
