@@ -10,7 +10,6 @@ layers over it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
 import mimetypes
@@ -190,11 +189,9 @@ def cache_settings(config: Mapping[str, Any]) -> tuple[Settings, str | None]:
 
 def signer_and_storage(config: Mapping[str, Any], instance_path: Path) -> tuple[Signer, Storage]:
     """OSS when any ``OSS_*`` setting is given, else ``LocalSigner`` over files in
-    ``UPLOAD_DIR`` (default ``<instance>/uploads``) with ``FILES_SECRET``.
-
-    The ``LocalSigner``'s name carries a short fingerprint of the secret: cached URLs name
-    their signer, so after ``FILES_SECRET`` changes the ones signed with the old secret are
-    signed again instead of served.
+    ``UPLOAD_DIR`` (default ``<instance>/uploads``) with ``FILES_SECRET``. (``LocalSigner``'s
+    name carries a fingerprint of the secret, so after ``FILES_SECRET`` changes, cached URLs
+    signed with the old one are signed again instead of served.)
     """
     oss_env = {k: v for k, v in config.items() if isinstance(k, str) and k.startswith("OSS_") and v}
     if oss_env:
@@ -202,9 +199,7 @@ def signer_and_storage(config: Mapping[str, Any], instance_path: Path) -> tuple[
         return signer, OSSStorage(signer.bucket)
     secret = config.get("FILES_SECRET") or instance_secret(instance_path)
     upload_dir = config.get("UPLOAD_DIR") or instance_path / "uploads"
-    fingerprint = hashlib.blake2b(secret.encode(), digest_size=4, person=b"files-key").hexdigest()
-    signer = LocalSigner(secret, base_url="/files", name=f"local:/files#{fingerprint}")
-    return signer, LocalStorage(upload_dir)
+    return LocalSigner(secret, base_url="/files"), LocalStorage(upload_dir)
 
 
 def instance_secret(instance_path: Path) -> str:

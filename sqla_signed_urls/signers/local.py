@@ -50,7 +50,9 @@ class LocalSigner(Signer):
         url = signer.sign("avatars/7.png", expires_at=int(time.time()) + 3600)
         signer.verify(url)  # -> "avatars/7.png", or SignatureError
 
-    URLs are stable: one key and expiry always give the same URL, in every process.
+    URLs are stable: one key and expiry always give the same URL, in every process. The
+    default ``name`` carries a fingerprint of the secret, so cached URLs signed with an old
+    secret are never served after it changes.
     """
 
     def __init__(self, secret: str | bytes, base_url: str, *, name: str | None = None) -> None:
@@ -69,7 +71,10 @@ class LocalSigner(Signer):
         self._secret = secret
         self.base_url = base_url.rstrip("/")
         self._base_path = urlsplit(self.base_url).path
-        self.name = name or f"local:{self.base_url}"
+        # A fingerprint of the secret in the name (hashed again into every cached value's
+        # signer tag): after the secret changes, URLs signed with the old one are misses.
+        fingerprint = hashlib.blake2b(secret, digest_size=4, person=b"local-signer").hexdigest()
+        self.name = name or f"local:{self.base_url}#{fingerprint}"
 
     def __repr__(self) -> str:
         return f"LocalSigner(base_url={self.base_url!r})"
