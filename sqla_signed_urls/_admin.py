@@ -1,5 +1,6 @@
-"""What the Flask and FastAPI admin APIs share: their limits, the request-body parser and the
-field validators, so both answer the same request with the same status and message."""
+"""What the Flask and FastAPI admin APIs share: their limits, the request-body and query
+parsers and the field validators, so both answer the same request with the same status and
+message (the dashboard they both serve is :mod:`.dashboard`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ __all__ = [
     "MAX_WITHIN",
     "Refused",
     "db_message",
+    "history_query",
     "parse_body",
 ]
 
@@ -108,6 +110,22 @@ FIELDS: dict[str, Callable[[Any], Any]] = {
 def fields(*names: str) -> dict[str, Callable[[Any], Any]]:
     """The validators of ``names``, for one endpoint's body."""
     return {name: FIELDS[name] for name in names}
+
+
+def history_query(query: Mapping[str, str]) -> int | None:
+    """``since`` of ``GET <prefix>/history?since=<Unix seconds>`` (``None`` without it)."""
+    unknown = sorted(set(query) - {"since"})
+    if unknown:
+        raise Refused(f"unknown parameter {unknown[0]!r} (allowed: since)", field=unknown[0])
+    raw = query.get("since")
+    if raw is None:
+        return None
+    if not raw.isdigit() or len(raw) > 12:
+        raise Refused(
+            f"since must be a time in whole Unix seconds, got {json.dumps(raw[:40])}",
+            field="since",
+        )
+    return int(raw)
 
 
 def db_message(exc: DBAPIError) -> str:

@@ -3,6 +3,8 @@
 ::
 
     sqla-signed-urls --app myapp.cache:service stats
+    sqla-signed-urls --app myapp.cache:service stats --watch          # live; Ctrl-C quits
+    sqla-signed-urls --redis-url redis://localhost:6379/1 history --json
     sqla-signed-urls --app myapp:create_service warm --file-type avatar --limit 5000
     sqla-signed-urls --app myapp.cache:service warm --since 2026-11-01T08:00
     sqla-signed-urls --redis-url redis://localhost:6379/1 clear --file-id 123
@@ -232,7 +234,7 @@ def _expected_faults() -> Iterator[None]:
 def main(
     ctx: click.Context, app: str | None, redis_url: str | None, key_prefix: str | None
 ) -> None:
-    """Inspect and manage the signed-URL cache: stats, clear, warm and refresh."""
+    """Inspect and manage the signed-URL cache: stats, history, clear, warm and refresh."""
     target = _Target(app, redis_url, key_prefix)
     ctx.obj = target
 
@@ -248,24 +250,47 @@ def main(
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object, for scripts.")
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="A live view, redrawn every few seconds, with sparklines of the last hour; Ctrl-C quits.",
+)
+@click.option(
+    "--every",
+    type=click.FloatRange(min=0.1),
+    default=2.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Seconds between two redraws with --watch.",
+)
 @click.pass_obj
-def stats(target: _Target, as_json: bool) -> None:
+def stats(target: _Target, as_json: bool, watch: bool, every: float) -> None:
     """Fleet-wide hit ratio, counters, keys and memory."""
+    if watch and as_json:
+        raise click.UsageError("--watch draws a view for people; use --json without it")
     service = target.service()
+    if watch:
+        _watch(service, every)
+        return
     with _expected_faults():
         data = service.get_cache_stats()
     if as_json:
         click.echo(json.dumps(data, sort_keys=False))
         return
     from rich.console import Console
-    from rich.table import Table
 
     console = Console()
-    console.print(
-        f"URL cache {data['key_prefix']!r} on Redis db {data['redis_db']}",
-        markup=False,
-        highlight=False,
-    )
+    console.print(_where(data), markup=False, highlight=False)
+    console.print(_stats_table(data))
+
+
+def _where(data: dict[str, Any]) -> str:
+    return f"URL cache {data['key_prefix']!r} on Redis db {data['redis_db']}"
+
+
+def _stats_table(data: dict[str, Any]) -> Any:
+    from rich.table import Table
+
     table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -273,6 +298,213 @@ def stats(target: _Target, as_json: bool) -> None:
         if name in ("key_prefix", "redis_db"):
             continue
         table.add_row(name, _human(name, value))
+    return table
+
+
+#: The rows of the live view's sparklines: (label, figure of a per-minute row, format).
+_SPARK_ROWS: tuple[tuple[str, str, str], ...] = (
+    ("hit ratio", "hit_ratio", "ratio"),
+    ("hits / min", "hits", "rate"),
+    ("misses / min", "misses", "rate"),
+    ("signings / min", "signed", "rate"),
+    ("invalidations / min", "invalidations", "rate"),
+    ("errors / min", "errors", "rate"),
+    ("breaker openings / min", "breaker_opened", "rate"),
+    ("keys", "keys", "count"),
+    ("memory", "memory_used_bytes", "bytes"),
+)
+_BLOCKS = "▁▂▃▄▅▆▇█"
+
+
+def _watch(service: CacheService, every: float) -> None:
+    """Redraw the live view every ``every`` seconds until Ctrl-C (exit status 0)."""
+    import time
+
+    from rich.live import Live
+
+    console = _console()
+    try:
+        if not console.is_terminal:  # a pipe or a file: one frame per redraw, one after another
+            while True:
+                console.print(_watch_frame(service, every, console.width))
+                console.file.flush()
+                time.sleep(every)
+        frame = _watch_frame(service, every, console.width)
+        with Live(frame, console=console, auto_refresh=False) as live:
+            while True:
+                time.sleep(every)
+                live.update(_watch_frame(service, every, console.width), refresh=True)
+    except KeyboardInterrupt:
+        return
+
+
+def _console() -> Console:
+    """A console; written to a pipe or a file it is as wide as a table of history needs."""
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
+        console = Console(width=120)
+    return console
+
+
+def _watch_frame(service: CacheService, every: float, width: int = 120) -> Any:
+    """One frame of the live view: the totals, then a sparkline of each figure over the last
+    hour of history. A fault is shown in the frame; the next one tries again."""
+    import time
+
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    from .history import per_minute
+
+    now = time.time()
+    clock = time.strftime("%H:%M:%S UTC", time.gmtime(now))
+    interval = service.urls.settings.history_interval
+    try:
+        data = service.get_cache_stats()
+        points = service.get_cache_history(since=now - 3600 - interval)
+    except CacheError as exc:
+        return Text(f"{clock}  Error: {exc}\nTrying again in {every:g} s; Ctrl-C quits.")
+    title = Text(f"{_where(data)} · {clock} · every {every:g} s · Ctrl-C quits")
+    rates = [r for r in per_minute(points) if r["time"] >= now - 3600]
+    spark = Table(title="last hour, from the history", title_justify="left")
+    spark.add_column("figure")
+    spark.add_column("latest", justify="right")
+    spark.add_column("last hour", no_wrap=True, overflow="crop")
+    columns = max(12, min(60, width - 62))
+    spark.add_column("lowest", justify="right")
+    spark.add_column("highest", justify="right")
+    for label, name, kind in _SPARK_ROWS:
+        source = points if kind in ("count", "bytes") else rates
+        rows = [
+            (r["time"], r["errors"] + r["sign_errors"] if name == "errors" else r[name])
+            for r in source
+            if r["time"] >= now - 3600
+        ]
+        known = [float(v) for _, v in rows if v is not None]
+        if not known:
+            spark.add_row(label, "n/a", "", "", "")
+            continue
+        spark.add_row(
+            label,
+            _figure(kind, known[-1]),
+            _sparkline(rows, now - 3600, now, columns, top=1.0 if kind == "ratio" else None),
+            _figure(kind, min(known)),
+            _figure(kind, max(known)),
+        )
+    if not points:
+        spark.caption = f"no history yet: one point every {interval:,} s while URLs are read"
+    return Group(title, _stats_table(data), spark)
+
+
+def _figure(kind: str, value: float) -> str:
+    if kind == "ratio":
+        return f"{value * 100:.1f} %"
+    if kind == "bytes":
+        return _human("memory_used_bytes", int(value))
+    if kind == "count":
+        return f"{int(value):,}"
+    return f"{value:,.1f}"
+
+
+def _sparkline(
+    rows: list[tuple[float, Any]],
+    start: float,
+    end: float,
+    width: int = 60,
+    top: float | None = None,
+) -> str:
+    """``(time, value)`` rows as ``width`` block characters from ``start`` to ``end`` (the
+    newest on the right; values in one column averaged); a column without a value is a
+    space."""
+    columns: list[list[float]] = [[] for _ in range(width)]
+    span = max(end - start, 1.0)
+    for at, value in rows:
+        if value is None or not start <= at <= end:
+            continue
+        columns[min(int((at - start) / span * width), width - 1)].append(float(value))
+    means = [sum(c) / len(c) if c else None for c in columns]
+    known = [v for v in means if v is not None]
+    high = top if top is not None else max(known, default=0.0)
+    out = []
+    for value in means:
+        if value is None:
+            out.append(" ")
+        elif high <= 0:
+            out.append(_BLOCKS[0])
+        else:
+            share = min(max(value / high, 0.0), 1.0)
+            out.append(_BLOCKS[min(int(share * len(_BLOCKS)), len(_BLOCKS) - 1)])
+    return "".join(out)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object, for scripts.")
+@click.option(
+    "--last",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="MINUTES",
+    help="Only the points of the last MINUTES minutes (default: all that is kept).",
+)
+@click.pass_obj
+def history(target: _Target, as_json: bool, last: int | None) -> None:
+    """The fleet history: one point a minute of counters, keys and memory (times in UTC)."""
+    import time
+
+    from .history import per_minute
+
+    service = target.service()
+    since = time.time() - last * 60 if last is not None else None
+    with _expected_faults():
+        points = service.get_cache_history(since)
+    interval = service.urls.settings.history_interval
+    if as_json:
+        click.echo(json.dumps({"interval": interval, "points": points}))
+        return
+    from rich.table import Table
+
+    console = _console()
+    if not points:
+        click.echo(
+            f"No history yet: one point is recorded every {interval:,} seconds while the "
+            "fleet reads URLs."
+        )
+        return
+    rates = {r["time"]: r for r in per_minute(points)}
+    table = Table(
+        title=f"{len(points):,} points, every {interval:,} s; hits to errors per minute, "
+        "breaker openings in each interval",
+        title_justify="left",
+    )
+    table.add_column("time (UTC)", no_wrap=True)
+    for column in ("hit ratio", "hits", "misses", "signed", "invalidated", "errors"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for column in ("breaker", "keys", "memory"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for point in points:
+        rate = rates.get(point["time"])
+        cells = ["—"] * 7
+        if rate is not None:
+            ratio = rate["hit_ratio"]
+            cells = [
+                f"{ratio * 100:.1f} %" if ratio is not None else "n/a",
+                f"{rate['hits']:,.1f}",
+                f"{rate['misses']:,.1f}",
+                f"{rate['signed']:,.1f}",
+                f"{rate['invalidations']:,.1f}",
+                f"{rate['errors'] + rate['sign_errors']:,.1f}",
+                f"{rate['breaker_opened'] * rate['minutes']:,.0f}",
+            ]
+        stamp = time.strftime("%Y-%m-%d %H:%M", time.gmtime(point["time"]))
+        table.add_row(
+            stamp,
+            *cells,
+            f"{point['keys']:,}",
+            _human("memory_used_bytes", point["memory_used_bytes"]),
+        )
     console.print(table)
 
 

@@ -20,10 +20,15 @@ ENV_NAMES: dict[str, str] = {
     "url_ttl": "FILE_URL_EXPIRES",
     "local_cache_size": "FILE_URL_LOCAL_CACHE_SIZE",
     "socket_timeout": "FILE_URL_REDIS_TIMEOUT",
+    "history_points": "FILE_URL_HISTORY_POINTS",
+    "history_interval": "FILE_URL_HISTORY_INTERVAL",
 }
 
-_INT_SETTINGS = ("cache_ttl", "url_ttl", "local_cache_size")
+_INT_SETTINGS = ("cache_ttl", "url_ttl", "local_cache_size", "history_points", "history_interval")
+#: The longest history a prefix may keep, in points (69 days at one point a minute).
+MAX_HISTORY_POINTS = 100_000
 _FLOAT_SETTINGS = ("socket_timeout",)
+_UNITS = {"local_cache_size": "entries", "history_points": "points"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,12 +55,18 @@ class Settings:
     socket_timeout: float = 0.25
     #: Seconds to skip Redis after a failure before probing it again (circuit breaker).
     retry_after: float = 5.0
+    #: Points of fleet history kept under ``<prefix>#history`` (``FILE_URL_HISTORY_POINTS``;
+    #: 24 h at one a minute); 0 records none.
+    history_points: int = 1440
+    #: Seconds between two history points (``FILE_URL_HISTORY_INTERVAL``).
+    history_interval: int = 60
 
     def __post_init__(self) -> None:
         for name in _INT_SETTINGS:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
-                raise ConfigurationError(f"{name}={value!r}: expected a whole number of seconds")
+                unit = _UNITS.get(name, "seconds")
+                raise ConfigurationError(f"{name}={value!r}: expected a whole number of {unit}")
         if self.cache_ttl <= 0 or self.url_ttl <= 0:
             raise ConfigurationError(
                 f"cache_ttl={self.cache_ttl!r}, url_ttl={self.url_ttl!r}: both must be positive"
@@ -68,6 +79,15 @@ class Settings:
         if self.local_cache_size < 0:
             raise ConfigurationError(
                 f"local_cache_size={self.local_cache_size!r}: use 0 to turn the layer off"
+            )
+        if not 0 <= self.history_points <= MAX_HISTORY_POINTS:
+            raise ConfigurationError(
+                f"history_points={self.history_points!r}: expected 0 (no history) .. "
+                f"{MAX_HISTORY_POINTS}"
+            )
+        if not 1 <= self.history_interval <= 86_400:
+            raise ConfigurationError(
+                f"history_interval={self.history_interval!r}: expected 1 .. 86400 seconds"
             )
         if not isinstance(self.key_prefix, str) or not self.key_prefix:
             raise ConfigurationError(f"key_prefix={self.key_prefix!r}: expected a non-empty str")

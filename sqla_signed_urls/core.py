@@ -38,6 +38,7 @@ from .cache.redis import RedisStore, make_client
 from .config import Settings
 from .counters import COUNTERS, Stats
 from .exceptions import ConfigurationError, SigningError
+from .history import HistoryRecorder
 from .orm import Installation, PrefetchURLs
 from .signers.base import Signer
 
@@ -230,6 +231,11 @@ class SignedURLs:
             retry_after=s.retry_after,
             socket_timeout=s.socket_timeout,
             tick=self.flush_stats,
+            history=(
+                HistoryRecorder(self.stats, points=s.history_points, interval=s.history_interval)
+                if s.history_points
+                else None
+            ),
         )
         self._guard = FailOpen(
             store,

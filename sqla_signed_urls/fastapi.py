@@ -1,4 +1,5 @@
-"""FastAPI integration: the four admin endpoints as an ``APIRouter``, on the async operations.
+"""FastAPI integration: the admin endpoints and the cache dashboard as an ``APIRouter``, on the
+async operations.
 
 Needs the ``fastapi`` extra: importing this module without FastAPI raises
 :class:`~sqla_signed_urls.ConfigurationError` naming ``pip install "sqla-signed-urls[fastapi]"``.
@@ -20,12 +21,21 @@ from ._extras import require
 
 try:  # the `fastapi` extra
     from fastapi import APIRouter, Request
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import HTMLResponse, JSONResponse
 except ImportError:
     require("fastapi", "fastapi", "sqla_signed_urls.fastapi")
     raise
 
-from ._admin import MAX_BODY_BYTES, Refused, db_message, fields, parse_body, too_big
+from ._admin import (
+    MAX_BODY_BYTES,
+    Refused,
+    db_message,
+    fields,
+    history_query,
+    parse_body,
+    too_big,
+)
+from .dashboard import ACTIONS, COOKIE, Answer, Dashboard, PageRequest, adrive
 from .exceptions import CacheError, ConfigurationError
 from .service import CacheService
 
@@ -44,19 +54,25 @@ _Operation = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 def admin_router(
     service: CacheService, *, token: str | None = None, prefix: str = "/api/admin/cache"
 ) -> APIRouter:
-    """The four admin endpoints (stats, clear, warm, refresh) behind a bearer token, as the
-    Flask blueprint (:func:`sqla_signed_urls.flask.admin_blueprint`) serves them, run with the
-    service's awaitable operations::
+    """The admin endpoints (stats, history, clear, warm, refresh) behind a bearer token and
+    the cache dashboard, as the Flask blueprint (:func:`sqla_signed_urls.flask.admin_blueprint`)
+    serves them, run with the service's awaitable operations::
 
         service = CacheService(urls, async_session_factory=async_session, model=File)
         app.include_router(admin_router(service, token=os.environ["ADMIN_TOKEN"]))
 
     ============================  ===========================  ======================
     ``GET  <prefix>/stats``       --                           200, the stats
+    ``GET  <prefix>/history``     ``?since=<Unix seconds>``    200, the history points
     ``POST <prefix>/clear``       ``{"file_id": 123}`` or {}   200, ``{"cleared": n}``
     ``POST <prefix>/warm``        ``{"file_type": "avatar"}``  200, ``{"warmed": n}``
     ``POST <prefix>/refresh``     ``{"within": 600}`` or {}    200, ``{"refreshed": n}``
+    ``GET  <prefix>/dashboard``   browser sign-in, then HTML   the dashboard page
     ============================  ===========================  ======================
+
+    The dashboard (:mod:`sqla_signed_urls.dashboard`, the same pages as the blueprint's) signs
+    a browser in with the token (a form, then a session cookie) and posts its operations with
+    a CSRF token; the JSON endpoints take the bearer token only.
 
     The token is ``token`` or the ``ADMIN_TOKEN`` environment variable; without one this
     raises :class:`~sqla_signed_urls.ConfigurationError`, so the API is never open by default.
@@ -109,6 +125,49 @@ def admin_router(
     async def stats(body: dict[str, Any]) -> dict[str, Any]:
         return await service.aget_cache_stats()
 
+    async def history(request: Request) -> JSONResponse:
+        async def run() -> dict[str, Any]:
+            since = history_query(dict(request.query_params))
+            interval = service.urls.settings.history_interval
+            return {"interval": interval, "points": await service.aget_cache_history(since)}
+
+        return await _answer(request, expected, run)
+
+    allowed[prefix + "/history"] = "GET"
+    router.add_api_route("/history", history, methods=["GET"], include_in_schema=False)
+
+    dashboard = Dashboard(token, settings=service.urls.settings)
+    call = _caller(service)
+
+    def page(action: str) -> Callable[[Request], Awaitable[HTMLResponse]]:
+        suffix = "/dashboard" + (f"/{action}" if action else "")
+
+        async def answer(request: Request) -> HTMLResponse:
+            path = request.url.path
+            base = path[: -len(suffix)] if path.endswith(suffix) else path
+            body = await _limited_body(request) if request.method == "POST" else b""
+            page_request = PageRequest(
+                method=request.method,
+                action=action,
+                base=base,
+                query=dict(request.query_params),
+                cookie=request.cookies.get(COOKIE),
+                body=body,
+                secure=request.url.scheme == "https",
+            )
+            return _html(await adrive(dashboard.handle(page_request), call, _FAULTS))
+
+        answer.__name__ = "dashboard_" + action.replace("-", "_") if action else "dashboard"
+        return answer
+
+    allowed[prefix + "/dashboard"] = "GET"
+    router.add_api_route("/dashboard", page(""), methods=["GET"], include_in_schema=False)
+    for action in ACTIONS:
+        allowed[f"{prefix}/dashboard/{action}"] = "POST"
+        router.add_api_route(
+            f"/dashboard/{action}", page(action), methods=["POST"], include_in_schema=False
+        )
+
     @endpoint("POST", "/clear", fields("file_id"))
     async def clear(body: dict[str, Any]) -> dict[str, Any]:
         return {"cleared": await service.aclear_file_url_cache(body.get("file_id"))}
@@ -139,6 +198,58 @@ def admin_router(
         for path in ("", "/{rest:path}"):
             router.add_api_route(path, routing_error, methods=_METHODS, include_in_schema=False)
     return router
+
+
+#: What the dashboard reports instead of failing: Redis, the database, a missing setup.
+_FAULTS: tuple[type[Exception], ...] = (CacheError, DBAPIError, ConfigurationError)
+
+
+def _caller(service: CacheService) -> Callable[[str, tuple[Any, ...]], Awaitable[Any]]:
+    """Answers the dashboard's needs with the service's awaitable operations."""
+
+    async def call(need: str, args: tuple[Any, ...]) -> Any:
+        if need == "stats":
+            return await service.aget_cache_stats()
+        if need == "history":
+            since, limit = args
+            return await service.aget_cache_history(since, limit=limit)
+        if need == "histogram":
+            return await service.aget_expiry_histogram()
+        if need == "breaker":
+            return service.urls.redis_available
+        if need == "clear":
+            return await service.aclear_file_url_cache(*args)
+        if need == "warm":
+            file_type, limit = args
+            return await service.awarm_file_url_cache(file_type, limit=limit)
+        if need == "refresh":
+            return await service.arefresh_expired_urls(*args)
+        raise LookupError(need)
+
+    return call
+
+
+def _html(answer: Answer) -> HTMLResponse:
+    response = HTMLResponse(answer.body, status_code=answer.status)
+    for name, value in answer.headers:
+        if name == "Content-Type":
+            response.headers[name] = value
+        else:
+            response.headers.append(name, value)
+    return response
+
+
+async def _limited_body(request: Request) -> bytes | None:
+    """The request body, or ``None`` when it is larger than the admin API accepts."""
+    declared = request.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        return None
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY_BYTES:
+            return None
+    return raw
 
 
 async def _answer(

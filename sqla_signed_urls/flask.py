@@ -1,4 +1,5 @@
-"""Flask integration: the four admin endpoints and an extension reading ``app.config``.
+"""Flask integration: the admin endpoints, the cache dashboard and an extension reading
+``app.config``.
 
 Needs the ``flask`` extra: importing this module without Flask raises
 :class:`~sqla_signed_urls.ConfigurationError` naming ``pip install "sqla-signed-urls[flask]"``.
@@ -7,6 +8,7 @@ The rest of the package never imports Flask.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
@@ -26,9 +28,18 @@ except ImportError:
     require("flask", "flask", "sqla_signed_urls.flask")
     raise
 
-from ._admin import MAX_BODY_BYTES, Refused, db_message, fields, parse_body, too_big
+from ._admin import (
+    MAX_BODY_BYTES,
+    Refused,
+    db_message,
+    fields,
+    history_query,
+    parse_body,
+    too_big,
+)
 from .config import Settings
 from .core import SignedURLs
+from .dashboard import ACTIONS, COOKIE, Answer, Dashboard, PageRequest, drive
 from .exceptions import CacheError, ConfigurationError
 from .service import CacheService, SessionFactory
 from .signers.base import Signer
@@ -48,7 +59,8 @@ def admin_blueprint(
     url_prefix: str = "/api/admin/cache",
     name: str = "sqla_signed_urls_admin",
 ) -> Blueprint:
-    """The four admin endpoints (stats, clear, warm, refresh), behind a bearer token.
+    """The admin endpoints (stats, history, clear, warm, refresh) behind a bearer token, and
+    the cache dashboard for browsers.
 
     ::
 
@@ -56,10 +68,16 @@ def admin_blueprint(
 
     ============================  ===========================  ======================
     ``GET  <prefix>/stats``       --                           200, the stats
+    ``GET  <prefix>/history``     ``?since=<Unix seconds>``    200, the history points
     ``POST <prefix>/clear``       ``{"file_id": 123}`` or {}   200, ``{"cleared": n}``
     ``POST <prefix>/warm``        ``{"file_type": "avatar"}``  200, ``{"warmed": n}``
     ``POST <prefix>/refresh``     ``{"within": 600}`` or {}    200, ``{"refreshed": n}``
+    ``GET  <prefix>/dashboard``   browser sign-in, then HTML   the dashboard page
     ============================  ===========================  ======================
+
+    The dashboard (:mod:`sqla_signed_urls.dashboard`) signs a browser in with the same token
+    (a form, then an HttpOnly, SameSite=Strict session cookie) and posts its operations with a
+    CSRF token; the JSON endpoints take the bearer token only.
 
     The token is ``token`` or the ``ADMIN_TOKEN`` environment variable; without one this
     raises :class:`~sqla_signed_urls.ConfigurationError`, so the API is never open by
@@ -88,8 +106,11 @@ def admin_blueprint(
         )
     expected = hashlib.sha256(token.encode()).digest()
     bp = Blueprint(name, __name__, url_prefix=url_prefix)
+    dashboard = Dashboard(token, settings=service.urls.settings)
 
     def _authenticate() -> Response | None:
+        if (request.endpoint or "").rpartition(".")[2].startswith("dashboard"):
+            return None  # the dashboard signs browsers in with a session of its own
         header = request.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")
         if scheme.lower() != "bearer":
@@ -133,6 +154,12 @@ def admin_blueprint(
     def stats() -> Response:
         return jsonify(service.get_cache_stats())
 
+    @bp.get("/history")
+    def history() -> Response:
+        since = history_query(request.args.to_dict())
+        interval = service.urls.settings.history_interval
+        return jsonify(interval=interval, points=service.get_cache_history(since))
+
     @bp.post("/clear")
     def clear() -> Response:
         body = _body(fields("file_id"))
@@ -149,7 +176,75 @@ def admin_blueprint(
         body = _body(fields("within"))
         return jsonify(refreshed=service.refresh_expired_urls(body.get("within", 600)))
 
+    def page(action: str) -> Response:
+        suffix = "/dashboard" + (f"/{action}" if action else "")
+        path = request.path
+        base = request.script_root + (path[: -len(suffix)] if path.endswith(suffix) else path)
+        body: bytes | None = b""
+        if request.method == "POST":
+            body = None
+            if (request.content_length or 0) <= MAX_BODY_BYTES:
+                data = request.get_data(cache=False)
+                body = data if len(data) <= MAX_BODY_BYTES else None
+        page_request = PageRequest(
+            method=request.method,
+            action=action,
+            base=base,
+            query=request.args.to_dict(),
+            cookie=request.cookies.get(COOKIE),
+            body=body,
+            secure=request.is_secure,
+        )
+        return _html(drive(dashboard.handle(page_request), _caller(service), _FAULTS))
+
+    bp.add_url_rule("/dashboard", "dashboard", lambda: page(""), methods=["GET"])
+    for action in ACTIONS:
+        bp.add_url_rule(
+            f"/dashboard/{action}",
+            f"dashboard_{action.replace('-', '_')}",
+            functools.partial(page, action),
+            methods=["POST"],
+        )
     return bp
+
+
+#: What the dashboard reports instead of failing: Redis, the database, a missing setup.
+_FAULTS: tuple[type[Exception], ...] = (CacheError, DBAPIError, ConfigurationError)
+
+
+def _caller(service: CacheService) -> Callable[[str, tuple[Any, ...]], Any]:
+    """Answers the dashboard's needs with the service's operations."""
+
+    def call(need: str, args: tuple[Any, ...]) -> Any:
+        if need == "stats":
+            return service.get_cache_stats()
+        if need == "history":
+            since, limit = args
+            return service.get_cache_history(since, limit=limit)
+        if need == "histogram":
+            return service.get_expiry_histogram()
+        if need == "breaker":
+            return service.urls.redis_available
+        if need == "clear":
+            return service.clear_file_url_cache(*args)
+        if need == "warm":
+            file_type, limit = args
+            return service.warm_file_url_cache(file_type, limit=limit)
+        if need == "refresh":
+            return service.refresh_expired_urls(*args)
+        raise LookupError(need)
+
+    return call
+
+
+def _html(answer: Answer) -> Response:
+    response = Response(answer.body, status=answer.status)
+    for name, value in answer.headers:
+        if name == "Content-Type":
+            response.headers[name] = value
+        else:
+            response.headers.add(name, value)
+    return response
 
 
 def _routing_error_hook(

@@ -1,4 +1,5 @@
-"""``CacheService``: the cache operations (clear, warm, stats, refresh), correct at scale.
+"""``CacheService``: the cache operations (clear, warm, stats, history, refresh), correct at
+scale.
 
 Every operation goes through the shared-store interface in batches and never walks the whole
 key space when it does not have to: clearing scans and unlinks in batches, statistics read the
@@ -11,6 +12,7 @@ import asyncio
 import datetime as dt
 import inspect as pyinspect
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
@@ -34,6 +36,7 @@ from .cache.base import (
 from .core import SignedURLs, URLSpec
 from .counters import COUNTERS
 from .exceptions import CacheError, ConfigurationError, SigningError
+from .history import decode_points, histogram_edges
 from .signers.base import Signer
 
 if TYPE_CHECKING:
@@ -453,6 +456,60 @@ class CacheService:
         with self._redis("counting keys"):
             return sum(len(batch) for batch in self._store.scan_keys(count=1000))
 
+    # -- history ----------------------------------------------------------------------------
+
+    def get_cache_history(
+        self, since: float | dt.datetime | None = None, *, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The fleet history of this key prefix, oldest first: one point per
+        ``history_interval`` (a minute) in which the fleet served URLs, the newest
+        ``history_points`` (24 h) of them kept in Redis under ``<prefix>#history``.
+
+        Each point is ``{"time": <Unix seconds>, "hits": ..., "misses": ..., "signed": ...,
+        "errors": ..., "sign_errors": ..., "invalidations": ..., "breaker_opened": ...,
+        "keys": ..., "memory_used_bytes": ...}``: the running totals of the fleet counters
+        (as in :meth:`get_cache_stats`; subtract consecutive points for what happened in
+        between), the live key count and Redis memory at that time. ``since`` (a datetime or
+        Unix seconds) keeps the points at or after it, ``limit`` the newest ``limit``. One
+        Redis command.
+        """
+        return self._drive(self._history_steps(_since(since), _limit(limit)))
+
+    async def aget_cache_history(
+        self, since: float | dt.datetime | None = None, *, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """:meth:`get_cache_history` for async apps, through ``urls.async_store``."""
+        return await self._adrive(self._history_steps(_since(since), _limit(limit)))
+
+    def _history_steps(self, since: int | None, limit: int | None) -> _Steps[list[dict[str, Any]]]:
+        raw = yield ("reading the history", "read_history", (since, limit))
+        return decode_points(raw)
+
+    def get_expiry_histogram(self) -> list[dict[str, Any]]:
+        """Cached entries by time left, from the expiry index: what
+        :meth:`refresh_expired_urls` would act on. A list of buckets
+        ``{"from_seconds": 0, "to_seconds": 300, "keys": 12}`` of equal width up to
+        ``cache_ttl``, the last one open (``"to_seconds": None``: entries written under a
+        longer ``cache_ttl``). A fixed number of ``ZCOUNT`` in one round trip, whatever the
+        size of the cache.
+        """
+        return self._drive(self._histogram_steps())
+
+    async def aget_expiry_histogram(self) -> list[dict[str, Any]]:
+        """:meth:`get_expiry_histogram` for async apps, through ``urls.async_store``."""
+        return await self._adrive(self._histogram_steps())
+
+    def _histogram_steps(self) -> _Steps[list[dict[str, Any]]]:
+        edges = histogram_edges(self.urls.settings.cache_ttl)
+        now = int(time.time())
+        counts = yield ("reading the expiry index", "live_counts", (now, edges))
+        buckets: list[dict[str, Any]] = []
+        for i, low in enumerate(edges):
+            high = edges[i + 1] if i + 1 < len(edges) else None
+            keys = counts[i] - (counts[i + 1] if high is not None else 0)
+            buckets.append({"from_seconds": low, "to_seconds": high, "keys": max(0, keys)})
+        return buckets
+
     # -- refresh ----------------------------------------------------------------------------
 
     def refresh_expired_urls(self, within: int = 600) -> int:
@@ -658,6 +715,23 @@ async def _arelease(factory: AsyncSessionFactory, session: AsyncSession) -> None
 
     if not isinstance(factory, async_scoped_session):
         await session.close()
+
+
+def _since(since: float | dt.datetime | None) -> int | None:
+    """``since`` of a history read as Unix seconds (a naive datetime is local time)."""
+    if since is None:
+        return None
+    if isinstance(since, dt.datetime):
+        return math.ceil(since.timestamp())
+    if isinstance(since, bool) or not isinstance(since, (int, float)) or not math.isfinite(since):
+        raise TypeError(f"since={since!r}: expected a datetime, Unix seconds or None")
+    return math.ceil(since)
+
+
+def _limit(limit: int | None) -> int | None:
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise ValueError(f"limit={limit!r}: expected a positive int, or None for every point")
+    return limit
 
 
 def _check_within(within: int) -> int:

@@ -25,6 +25,7 @@ from .redis import (
     client_options,
     cluster_params,
     decode_counters,
+    decode_history,
     describe_client,
     is_cluster_url,
     parse_redis_url,
@@ -84,9 +85,9 @@ def is_async_cluster(client: Any) -> bool:
 class AsyncRedisStore(AsyncSharedStore):
     """:class:`~sqla_signed_urls.cache.redis.RedisStore` on a ``redis.asyncio`` client
     (standalone, Sentinel-managed or ``redis.asyncio.cluster.RedisCluster``): the same keys
-    ``<prefix><...>``, expiry index ``<prefix>#expiry``, counters ``<prefix>#stats`` and
-    channel ``<prefix>#invalidate``, the same commands. The store does not own the client:
-    close it yourself, in its event loop::
+    ``<prefix><...>``, expiry index ``<prefix>#expiry``, counters ``<prefix>#stats``, history
+    ``<prefix>#history`` and channel ``<prefix>#invalidate``, the same commands. The store does
+    not own the client: close it yourself, in its event loop::
 
         client = redis.asyncio.Redis.from_url("redis://localhost:6379/1")
         store = AsyncRedisStore(client, "file_url:")
@@ -105,6 +106,7 @@ class AsyncRedisStore(AsyncSharedStore):
         self.cluster = is_async_cluster(client)
         self.expiry_key = f"{prefix}#expiry"
         self.stats_key = f"{prefix}#stats"
+        self.history_key = f"{prefix}#history"
         self.channel = f"{prefix}#invalidate"
 
     def __repr__(self) -> str:
@@ -234,6 +236,35 @@ class AsyncRedisStore(AsyncSharedStore):
 
     def describe(self) -> dict[str, object]:
         return describe_client(self.client)
+
+    # -- fleet history ----------------------------------------------------------------------
+
+    keeps_history = True
+
+    async def live_counts(self, now: int, ahead: Sequence[int]) -> list[int]:
+        pipe = self.client.pipeline(transaction=False)
+        for seconds in ahead:
+            pipe.zcount(self.expiry_key, f"({now + seconds}", "+inf")
+        return [int(count) for count in await pipe.execute()]
+
+    async def try_lock(self, name: str, token: str, ttl: int) -> bool:
+        return bool(await self.client.set(f"{self.prefix}#lock:{name}", token, nx=True, ex=ttl))
+
+    async def append_history(self, at: int, point: str, keep: int) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zadd(self.history_key, {point: at})
+        pipe.zremrangebyrank(self.history_key, 0, -keep - 1)
+        await pipe.execute()
+
+    async def read_history(
+        self, since: int | None = None, limit: int | None = None
+    ) -> list[tuple[int, str]]:
+        low = "-inf" if since is None else since
+        page = {} if limit is None else {"start": 0, "num": limit}
+        raw = await self.client.zrevrangebyscore(
+            self.history_key, "+inf", low, withscores=True, **page
+        )
+        return decode_history(raw)
 
     # -- invalidation channel ---------------------------------------------------------------
 

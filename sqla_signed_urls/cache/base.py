@@ -256,6 +256,34 @@ class SharedStore(abc.ABC):
         """Where the store is, for statistics (for Redis: the database index)."""
         return {}
 
+    # -- fleet history (optional: a store without it keeps no history) ----------------------
+
+    #: Whether the store keeps the fleet history. The defaults of the four methods below
+    #: keep none: no process is ever elected to record it, and reading it finds nothing.
+    keeps_history: bool = False
+
+    def live_counts(self, now: int, ahead: Sequence[int]) -> list[int]:
+        """:meth:`live_count` at ``now + a`` for each ``a`` of ``ahead`` (how many entries
+        have more than ``a`` seconds left), in one round trip where the store can."""
+        return [self.live_count(now + a) for a in ahead]
+
+    def try_lock(self, name: str, token: str, ttl: int) -> bool:
+        """Take the lock ``name`` for ``ttl`` seconds unless it is held; ``True`` when this
+        call took it. A lock ends by itself, so a holder that dies never blocks the fleet."""
+        return False
+
+    def append_history(self, at: int, point: str, keep: int) -> None:
+        """Add ``point`` (text) at ``at`` (Unix seconds) to the history, keeping the newest
+        ``keep`` points. The history survives :meth:`clear`."""
+        return None
+
+    def read_history(
+        self, since: int | None = None, limit: int | None = None
+    ) -> list[tuple[int, str]]:
+        """``(at, point)`` of the history, oldest first: those at or after ``since``, at most
+        the newest ``limit`` of them."""
+        return []
+
 
 class AsyncSubscription(abc.ABC):
     """The asyncio twin of :class:`Subscription` (see :meth:`AsyncSharedStore.subscribe`)."""
@@ -336,3 +364,24 @@ class AsyncSharedStore(abc.ABC):
     def describe(self) -> dict[str, object]:
         """As :meth:`SharedStore.describe`."""
         return {}
+
+    #: As :attr:`SharedStore.keeps_history`.
+    keeps_history: bool = False
+
+    async def live_counts(self, now: int, ahead: Sequence[int]) -> list[int]:
+        """As :meth:`SharedStore.live_counts`."""
+        return [await self.live_count(now + a) for a in ahead]
+
+    async def try_lock(self, name: str, token: str, ttl: int) -> bool:
+        """As :meth:`SharedStore.try_lock`."""
+        return False
+
+    async def append_history(self, at: int, point: str, keep: int) -> None:
+        """As :meth:`SharedStore.append_history`."""
+        return None
+
+    async def read_history(
+        self, since: int | None = None, limit: int | None = None
+    ) -> list[tuple[int, str]]:
+        """As :meth:`SharedStore.read_history`."""
+        return []

@@ -1,5 +1,6 @@
 """The invalidation channel: keeps this process's in-process layer (L1) in step with every
-other process sharing the store, and runs the periodic counter flush beside it.
+other process sharing the store, and runs the periodic counter flush and the fleet history
+(:mod:`..history`) beside it.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
+from ..history import HistoryRecorder
 from .base import SharedStore, Subscription
 from .local import LocalCache
 
@@ -29,6 +31,9 @@ class InvalidationChannel:
                                       socket_timeout=0.25, tick=flush_counters)
         channel.ensure_started()        # on the first store call
         channel.live                    # True once the server confirmed the subscription
+
+    After each ``tick`` the thread gives ``history`` (a
+    :class:`~sqla_signed_urls.history.HistoryRecorder`, ``None`` for no history) its turn.
     """
 
     #: Seconds between two calls of ``tick`` (the counter flush).
@@ -42,12 +47,15 @@ class InvalidationChannel:
         retry_after: float,
         socket_timeout: float,
         tick: Callable[[], None],
+        history: HistoryRecorder | None = None,
     ) -> None:
         self.store = store
         self.local = local
         self.retry_after = retry_after
         self.socket_timeout = socket_timeout
         self._tick = tick
+        #: Records the fleet history after each tick (``None``: no history from here).
+        self.history = history
         #: Whether the L1 may be read and filled: the subscription is confirmed.
         self.live = False
         self._unsent: set[str] = set()
@@ -97,6 +105,19 @@ class InvalidationChannel:
         self._listener = None
         self._lock = threading.Lock()
         self.suspend()
+        if self.history is not None:
+            self.history.forked()
+
+    def _record_history(self) -> None:
+        """The history's turn, after a tick. A fault here is the store's (the flush just
+        before reports those) or a bug; neither may stop the channel."""
+        history = self.history
+        if history is None:
+            return
+        try:
+            history.tick(self.store)
+        except Exception as exc:
+            log.debug("could not record the cache history: %s", type(exc).__name__)
 
     def deliver(self, text: str) -> None:
         """Apply one published message: ``*`` empties the L1, else newline-separated keys."""
@@ -163,6 +184,7 @@ class _Listener(threading.Thread):
                         channel.local.clear()
                 if time.monotonic() >= next_tick:
                     channel._tick()
+                    channel._record_history()
                     next_tick = time.monotonic() + channel.TICK_EVERY
         finally:
             channel.live = False

@@ -209,9 +209,12 @@ class RedisStore(SharedStore):
     - ``<prefix>#expiry``: sorted set of keys by end of cache lifetime, so refreshing costs in
       proportion to what expires, not to what is cached;
     - ``<prefix>#stats``: hash of fleet-wide counters;
+    - ``<prefix>#history``: sorted set of fleet snapshots by time (capped), and
+      ``<prefix>#lock:<name>``: short-lived locks electing the process that records them;
     - ``<prefix>#invalidate``: pub/sub channel that keeps every process's L1 in step.
 
-    No ``KEYS``, no ``FLUSHDB``; every command works on Redis Cluster::
+    No ``KEYS``, no ``FLUSHDB``; every command names one key (or none), so every command
+    works on Redis Cluster whatever slots the keys hash to::
 
         store = RedisStore(redis.Redis.from_url("redis://localhost:6379/1"), "file_url:")
         SignedURLs(signer, store=store)
@@ -225,6 +228,7 @@ class RedisStore(SharedStore):
         self.cluster = is_cluster(client)
         self.expiry_key = f"{prefix}#expiry"
         self.stats_key = f"{prefix}#stats"
+        self.history_key = f"{prefix}#history"
         self.channel = f"{prefix}#invalidate"
 
     def __repr__(self) -> str:
@@ -352,6 +356,33 @@ class RedisStore(SharedStore):
     def describe(self) -> dict[str, object]:
         return describe_client(self.client)
 
+    # -- fleet history ----------------------------------------------------------------------
+
+    keeps_history = True
+
+    def live_counts(self, now: int, ahead: Sequence[int]) -> list[int]:
+        pipe = self.client.pipeline(transaction=False)
+        for seconds in ahead:
+            pipe.zcount(self.expiry_key, f"({now + seconds}", "+inf")
+        return [int(count) for count in pipe.execute()]
+
+    def try_lock(self, name: str, token: str, ttl: int) -> bool:
+        return bool(self.client.set(f"{self.prefix}#lock:{name}", token, nx=True, ex=ttl))
+
+    def append_history(self, at: int, point: str, keep: int) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zadd(self.history_key, {point: at})
+        pipe.zremrangebyrank(self.history_key, 0, -keep - 1)
+        pipe.execute()
+
+    def read_history(
+        self, since: int | None = None, limit: int | None = None
+    ) -> list[tuple[int, str]]:
+        low = "-inf" if since is None else since
+        page = {} if limit is None else {"start": 0, "num": limit}
+        raw = self.client.zrevrangebyscore(self.history_key, "+inf", low, withscores=True, **page)
+        return decode_history(raw)
+
     # -- invalidation channel ---------------------------------------------------------------
 
     def publish(self, message: str) -> None:
@@ -364,6 +395,14 @@ class RedisStore(SharedStore):
 def decode_counters(raw: Mapping[Any, Any]) -> dict[str, int]:
     """The counter hash as ``{name: total}`` (redis-py answers bytes or str keys)."""
     return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
+
+
+def decode_history(raw: Sequence[Any]) -> list[tuple[int, str]]:
+    """``ZREVRANGEBYSCORE ... WITHSCORES`` of the history as ``(at, point)``, oldest first."""
+    return [
+        (int(score), member.decode() if isinstance(member, bytes) else str(member))
+        for member, score in reversed(raw)
+    ]
 
 
 def used_memory(info: Any) -> int | None:

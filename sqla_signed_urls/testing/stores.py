@@ -181,6 +181,7 @@ class _SyncStore(AsyncSharedStore):
         self.store = store
         self.prefix = store.prefix
         self.errors = store.errors
+        self.keeps_history = store.keeps_history
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | str | None]:
         return self.store.get_many(keys)
@@ -227,6 +228,20 @@ class _SyncStore(AsyncSharedStore):
 
     def describe(self) -> dict[str, object]:
         return self.store.describe()
+
+    async def live_counts(self, now: int, ahead: Sequence[int]) -> list[int]:
+        return self.store.live_counts(now, ahead)
+
+    async def try_lock(self, name: str, token: str, ttl: int) -> bool:
+        return self.store.try_lock(name, token, ttl)
+
+    async def append_history(self, at: int, point: str, keep: int) -> None:
+        self.store.append_history(at, point, keep)
+
+    async def read_history(
+        self, since: int | None = None, limit: int | None = None
+    ) -> list[tuple[int, str]]:
+        return self.store.read_history(since, limit)
 
 
 class _SyncSubscription(AsyncSubscription):
@@ -419,6 +434,76 @@ class _StoreContract:
         assert [_text(v) for v in await store.get_many([kept, deleted])] == ["renewed", None]
         assert await _keys(store.expiring(now, now + 1000, 100)) == [kept]
         assert await store.renew([], []) == 0
+
+    def test_live_counts_count_what_outlives_each_horizon(self, make_store: Any) -> None:
+        self._check(make_store, self._live_counts_count_what_outlives_each_horizon)
+
+    async def _live_counts_count_what_outlives_each_horizon(self, t: _Test) -> None:
+        store = await t.store()
+        now = int(time.time())
+        await store.set_many(
+            [_write(store.prefix + str(i), now + left) for i, left in enumerate((5, 60, 60, 400))]
+        )
+        horizons = [0, 5, 59, 60, 399, 400, 10_000]
+        assert await store.live_counts(now, horizons) == [4, 3, 3, 1, 1, 0, 0]
+        assert await store.live_counts(now, []) == []
+
+    # -- fleet history ----------------------------------------------------------------------
+
+    def test_history_keeps_the_newest_points_in_time_order(self, make_store: Any) -> None:
+        self._check(make_store, self._history_keeps_the_newest_points_in_time_order)
+
+    async def _history_keeps_the_newest_points_in_time_order(self, t: _Test) -> None:
+        store = await t.store()
+        assert await store.read_history() == []
+        if not store.keeps_history:  # the interface's defaults: no history, never elected
+            await store.append_history(60, "point", 10)
+            assert await store.read_history() == []
+            assert await store.try_lock("history:60", "me", 10) is False
+            return
+        for at in (120, 60, 240, 180):  # out of order, as clocks apart may write them
+            await store.append_history(at, f'{{"time":{at}}}', 3)
+        assert await store.read_history() == [
+            (120, '{"time":120}'),
+            (180, '{"time":180}'),
+            (240, '{"time":240}'),
+        ]
+        assert [at for at, _ in await store.read_history(since=180)] == [180, 240]
+        assert [at for at, _ in await store.read_history(limit=2)] == [180, 240]
+        assert [at for at, _ in await store.read_history(since=100, limit=1)] == [240]
+        assert await store.read_history(since=241) == []
+
+    def test_history_survives_clear_and_stays_with_its_prefix(self, make_store: Any) -> None:
+        self._check(make_store, self._history_survives_clear_and_stays_with_its_prefix)
+
+    async def _history_survives_clear_and_stays_with_its_prefix(self, t: _Test) -> None:
+        store, other = await t.store(), await t.store(other=True)
+        if not store.keeps_history:
+            return
+        now = int(time.time())
+        await store.set_many([_write(store.prefix + "1", now + 60)])
+        await store.append_history(60, "a point", 10)
+        assert await store.clear() == 1
+        assert await _batches(store.scan_keys()) == [], "history is bookkeeping, not an entry"
+        assert await store.read_history() == [(60, "a point")]
+        assert await other.read_history() == []
+
+    def test_a_lock_is_taken_once_and_ends_by_itself(self, make_store: Any) -> None:
+        self._check(make_store, self._a_lock_is_taken_once_and_ends_by_itself)
+
+    async def _a_lock_is_taken_once_and_ends_by_itself(self, t: _Test) -> None:
+        store, other = await t.store(), await t.store(other=True)
+        if not store.keeps_history:
+            return
+        assert await store.try_lock("history:60", "first", 1) is True
+        assert await store.try_lock("history:60", "second", 1) is False
+        assert await store.try_lock("history:120", "second", 1) is True
+        assert await other.try_lock("history:60", "second", 1) is True, "locks are per prefix"
+        assert await _batches(store.scan_keys()) == [], "a lock is bookkeeping, not an entry"
+        deadline = time.monotonic() + 10
+        while not await store.try_lock("history:60", "second", 1):
+            assert time.monotonic() < deadline, "a lock taken for 1 s was still held"
+            await t.sleep(0.05)
 
     # -- counters, memory, channel ----------------------------------------------------------
 
