@@ -233,11 +233,20 @@ def test_generated_keys_match_oss2(
         )
 
 
+def _credential(max_size: int) -> st.SearchStrategy[str]:
+    """Generated credentials. The suite's log scan treats every secret given to oss2 as one
+    to look for in log lines, and Hypothesis also draws strings from the package's own source
+    (``"REDIS_URL"``); those of scan length get a prefix no log line holds."""
+    return st.text(st.characters(codec="utf-8"), max_size=max_size).map(
+        lambda text: text if len(text) < 8 else f"generated-credential:{text}"
+    )
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     key_id=st.text(st.characters(codec="utf-8"), max_size=30),
-    secret=st.text(st.characters(codec="utf-8"), max_size=120),
-    token=st.text(st.characters(codec="utf-8"), max_size=60),
+    secret=_credential(120),
+    token=_credential(60),
 )
 def test_generated_credentials_match_oss2(key_id: str, secret: str, token: str) -> None:
     auth = oss2.ProviderAuth(StaticCredentialsProvider(key_id, secret, token))
