@@ -26,8 +26,6 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_fast_path.py
-	$(PY) benchmarks/bench_refresh.py
-	$(PY) benchmarks/bench_async.py
-	$(PY) benchmarks/bench_prefetch.py
-	$(PY) benchmarks/bench_signers.py
+	@status=0; for bench in fast_path refresh async prefetch signers; do \
+		$(PY) benchmarks/bench_$$bench.py || status=1; echo; \
+	done; exit $$status
