@@ -373,12 +373,22 @@ def test_admin_api_is_mounted_with_admin_token(
         assert ok.status_code == 200
         assert "hits" in ok.get_json()
         assert client.get("/api/admin/cache/stats").status_code == 401
+        signed_out = client.get("/api/admin/cache/dashboard")  # the dashboard: sign in first
+        assert signed_out.status_code == 401
+        assert "<form" in signed_out.text and "s3cret-admin-token" not in signed_out.text
+        signed_in = client.post(
+            "/api/admin/cache/dashboard/sign-in", data={"token": "s3cret-admin-token"}
+        )
+        assert signed_in.status_code in (302, 303)
+        page = client.get("/api/admin/cache/dashboard")
+        assert page.status_code == 200 and "<svg" in page.text
     finally:
         Forum.of(app).close()
 
     closed = create_app(base)
     try:
         assert closed.test_client().get("/api/admin/cache/stats").status_code == 404
+        assert closed.test_client().get("/api/admin/cache/dashboard").status_code == 404
     finally:
         Forum.of(closed).close()
 
