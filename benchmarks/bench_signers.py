@@ -30,7 +30,6 @@ import datetime as dt
 import gc
 import os
 import random
-import statistics
 import sys
 import time
 import uuid
@@ -42,6 +41,7 @@ import botocore.session
 import fakeredis
 import oss2
 import oss2.auth
+from _harness import Case, perf_ns
 from botocore.config import Config
 from botocore.credentials import RefreshableCredentials
 from sqlalchemy import create_engine
@@ -58,24 +58,6 @@ KEY = "uploads/2024/05/8f14e45fceea167a5a36dedd4bea2543.jpg"
 DISPOSITION = 'attachment; filename="holiday photo.jpg"'
 ENDPOINT = "https://oss-cn-hangzhou.aliyuncs.com"
 URL_TTL = 14400
-perf_ns = time.perf_counter_ns
-
-
-class Case:
-    """``run(n)`` returns the nanoseconds that n repetitions of the timed part took."""
-
-    def __init__(self, name: str, run: Callable[[int], int], n: int) -> None:
-        self.name = name
-        self.run = run
-        self.n = n
-        self.samples: list[float] = []
-
-    def sample(self) -> None:
-        self.samples.append(self.run(self.n) / self.n)
-
-    @property
-    def median_us(self) -> float:
-        return statistics.median(self.samples) / 1000.0
 
 
 def repeat(call: Callable[[], Any]) -> Callable[[int], int]:
